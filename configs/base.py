@@ -1,0 +1,68 @@
+"""Every default of the paper (DSSL, ACM MM 2021, section 4.1.2); dataset configs override a few.
+
+Each switch of the ablation Tables 1-5 is one field here, so every row is one --config override.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.name = 'cuhk_pedes'  # cuhk_pedes | icfg_pedes | rstp_reid | synthetic
+  data.manual_dir = ''  # the raw dataset folder as published (annotation json + imgs/)
+  data.data_dir = ''  # where TFDS writes the built dataset ('' = ~/tensorflow_datasets)
+  data.tagger = 'auto'  # auto | perceptron | lexicon (see dssl_jax/data/captions.py)
+  data.max_phrases = 26  # n <= 26 noun phrases per sentence
+  data.min_word_count = 2  # vocabulary: train words seen at least twice
+  data.strict = False  # stop at the first bad entry instead of skipping it
+  data.image_size = (384, 128)  # height, width
+  data.max_words = 64  # sentence length after truncation
+  data.max_phrase_words = 8  # phrase length after truncation
+  data.flip = True  # random horizontal flip for training
+  data.shuffle_buffer = 4096
+  data.cache_decoded = False  # keep decoded, resized uint8 images in memory (small datasets)
+  data.synthetic = ml_collections.ConfigDict(
+      {'identities': 500, 'images_per_identity': 4, 'seed': 0})
+
+  config.model = model = ml_collections.ConfigDict()
+  model.depth = 50  # ResNet depth: 18 | 34 | 50
+  model.width = 64  # ResNet base width (64 = torchvision's)
+  model.backbone_weights = ''  # .npz converted from torchvision (python -m dssl_jax.weights)
+  model.embed_dim = 1024  # p
+  model.num_strips = 6  # k
+  model.word_dim = 512  # word embedding size (not given by the paper)
+  model.gn_groups = 32  # group normalization groups (not given by the paper)
+  model.baseline = False  # Table 1/2 first row: no separation, straight to a common space
+  model.spsm_spfm = True  # Table 2: surroundings-person separation and fusion
+  model.sam = True  # Table 2: salient attention module
+  model.sdm = True  # Table 2: signal denoising module
+  model.sdm_zero_ratio = 0.5  # Table 4: r
+  model.spfm_fusion = 'add'  # Table 3: add | concat
+
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.margin = 0.2  # alpha of the ranking loss (eq. 3)
+  loss.align1 = True  # Table 1: V_P <-> T_P (eq. 5)
+  loss.align2 = True  # V_G <-> V_R (eq. 8)
+  loss.align3 = True  # T_G <-> T_R (eq. 10)
+  loss.align4 = True  # CA(T_P, V_L) <-> T_P (eq. 13)
+  loss.align5 = True  # CA(V_P, T_L) <-> V_P (eq. 14)
+  loss.mec = True  # Table 2: mutual exclusion constraint (eq. 6)
+  loss.sdm = 'rank'  # Table 5: rank | euclidean reconstruction loss (eq. 2)
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 32
+  train.stage1_epochs = 10  # ID loss only, backbone frozen
+  train.stage1_lr = 1e-3
+  train.stage2_epochs = 30  # full loss, everything trained
+  train.stage2_lr = 2e-4
+  train.lr_decay_epochs = 10  # stage-2 lr divided by 10 every 10 epochs
+  train.lr_decay_factor = 0.1
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.split = 'test'
+  ev.batch_size = 64
+  ev.lambda1 = 0.5  # Sim_TI weight of the CA term with visual parts
+  ev.lambda2 = 0.5  # Sim_TI weight of the CA term with textual phrases
+  return config

@@ -1,0 +1,8 @@
+"""RSTPReid with the paper's settings."""
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.data.name = 'rstp_reid'
+  return config

@@ -1,0 +1,16 @@
+"""The embedded default: generated data, small images and model, trains on 2 CPU cores in minutes."""
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.data.name = 'synthetic'
+  config.data.image_size = (192, 64)
+  config.data.max_words = 40
+  config.data.cache_decoded = True
+  config.model.depth = 18
+  config.model.width = 16
+  config.model.embed_dim = 256
+  config.model.word_dim = 128
+  config.model.gn_groups = 16
+  return config

@@ -1,0 +1,1 @@
+"""dssl_jax: DSSL (ACM MM 2021) text-based person retrieval in JAX/Flax."""

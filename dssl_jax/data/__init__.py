@@ -1,0 +1,1 @@
+"""Data: synthetic generator, annotation readers, TFDS builders and the tf.data pipeline."""

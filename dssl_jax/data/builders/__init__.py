@@ -1,0 +1,82 @@
+"""Which builder reads `config.data`, where it writes, and `prepare` (main's --mode=prepare)."""
+import dataclasses
+import os
+
+from absl import logging
+import ml_collections
+import tensorflow_datasets as tfds
+
+from dssl_jax.data import synthetic
+from dssl_jax.data.builders import annotations
+from dssl_jax.data.builders.person_text import CuhkPedes, IcfgPedes, PersonTextConfig, RstpReid
+from dssl_jax.errors import UserError
+
+BUILDERS = {'cuhk_pedes': CuhkPedes, 'icfg_pedes': IcfgPedes, 'rstp_reid': RstpReid,
+            'synthetic': CuhkPedes}  # the synthetic set is written in the CUHK-PEDES layout
+
+
+def data_dir(data: ml_collections.ConfigDict) -> str:
+  return os.path.expanduser(data.data_dir or '~/tensorflow_datasets')
+
+
+def _synthetic_name(data) -> str:
+  s = data.synthetic
+  return f'synthetic_ids{s.identities}_img{s.images_per_identity}_seed{s.seed}'
+
+
+def manual_dir(data: ml_collections.ConfigDict) -> str:
+  """The raw folder: config.data.manual_dir, or for synthetic a folder under data_dir."""
+  if data.manual_dir:
+    return os.path.expanduser(data.manual_dir)
+  if data.name == 'synthetic':
+    return os.path.join(data_dir(data), 'downloads', 'manual', _synthetic_name(data))
+  raise UserError(f'config.data.manual_dir is empty: point it at the {data.name} folder '
+                  'as published (annotation json + imgs/)')
+
+
+def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  if data.name not in BUILDERS:
+    raise UserError(f'config.data.name {data.name!r} is not one of {sorted(BUILDERS)}')
+  name = _synthetic_name(data) if data.name == 'synthetic' else 'default'
+  config = PersonTextConfig(name=name, tagger=data.tagger, max_phrases=data.max_phrases,
+                            min_word_count=data.min_word_count, strict=data.strict)
+  return BUILDERS[data.name](data_dir=data_dir(data), config=config)
+
+
+def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """Builds the dataset once (generating the synthetic raw data first if needed)."""
+  raw = manual_dir(data)
+  if data.name == 'synthetic' and not os.path.isfile(
+      os.path.join(raw, annotations.FORMATS['cuhk_pedes'].annotation_file)):
+    s = data.synthetic
+    print(f'generating the synthetic raw dataset in {raw} ...', flush=True)
+    synthetic.generate(raw, s.identities, s.seed, s.images_per_identity)
+  builder = get_builder(data)
+  if builder.is_prepared():
+    _check_build_options(builder)
+    print(f'dataset already built: {builder.data_dir}', flush=True)
+    print(annotations.BuildSummary(**_summary_fields(builder)).format(), flush=True)
+    return builder
+  annotations.load_annotations(BUILDERS[data.name].FORMAT, raw)  # a clear error before TFDS runs
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=raw))
+  logging.info('built %s', builder.data_dir)
+  print(f'dataset built: {builder.data_dir}', flush=True)
+  return builder
+
+
+def _summary_fields(builder) -> dict:
+  saved = builder.info.metadata['build_summary']
+  return {'kept': saved['kept'], 'skipped': saved['skipped']}
+
+
+def _check_build_options(builder):
+  """A dataset built with other phrase/vocabulary options must not be used silently."""
+  saved = dict(builder.info.metadata['build_options'])
+  saved.pop('manual_dir', None)
+  wanted = dataclasses.asdict(builder.builder_config)
+  changed = {k: (saved.get(k), v) for k, v in wanted.items()
+             if k in ('tagger', 'max_phrases', 'min_word_count') and saved.get(k) != v}
+  if changed:
+    raise UserError(f'{builder.data_dir} was built with other options '
+                    f'({", ".join(f"{k}: built {a!r}, asked {b!r}" for k, (a, b) in changed.items())}'
+                    '): delete it or set config.data.data_dir to another folder')

@@ -1,0 +1,127 @@
+"""Caption text at build time: tokens, noun phrases (paper 4.1.2) and the train vocabulary.
+
+Phrases are extracted once, when a dataset is built, and stored with each caption; the model only
+sees word ids. NLTK's perceptron tagger is a separate download that is often missing, so a small
+lexicon tagger that needs no download stands in for it (and says so once).
+"""
+import collections
+import re
+from typing import Iterable, Protocol, Sequence
+
+from absl import logging
+import nltk
+
+PAD, UNK = '<pad>', '<unk>'  # ids 0 and 1 of every vocabulary
+
+# A noun phrase: an optional determiner/possessive/number, any adjectives, participles or nouns,
+# ending in a noun ("a black leather jacket", "her long hair", "white shoes").
+NOUN_PHRASE_GRAMMAR = r'NP: {<DT|PRP\$|CD>?<JJ.*|VBN|NN.*>*<NN.*>}'
+
+PERCEPTRON_RESOURCE = 'averaged_perceptron_tagger_eng'
+INSTALL_PERCEPTRON = f'python -m nltk.downloader {PERCEPTRON_RESOURCE}'
+
+_WORD = re.compile(r'[a-z0-9]+')
+
+
+class Tagger(Protocol):
+
+  def tag(self, tokens: Sequence[str]) -> list[tuple[str, str]]:
+    ...
+
+
+def tokenize(text: str) -> list[str]:
+  """Lowercases and keeps runs of letters/digits: punctuation is dropped, never a token."""
+  return _WORD.findall(text.lower())
+
+
+# The fallback tagger: closed-class words and the vocabulary of pedestrian descriptions, then
+# suffix rules, then NN. Colours and sizes are adjectives, as in "a black jacket".
+_LEXICON = {
+    **dict.fromkeys('a an the this that these those each every another'.split(), 'DT'),
+    **dict.fromkeys('his her their its my your'.split(), 'PRP$'),
+    **dict.fromkeys('he she it they him them i you we who'.split(), 'PRP'),
+    **dict.fromkeys('with in on of at over under around across by from for near into behind '
+                    'above below along through without like while as than'.split(), 'IN'),
+    **dict.fromkeys('and or but nor so'.split(), 'CC'),
+    **dict.fromkeys('to'.split(), 'TO'),
+    **dict.fromkeys('is has wears carries holds appears seems looks walks stands'.split(), 'VBZ'),
+    **dict.fromkeys('are have wear carry hold appear seem look walk stand'.split(), 'VBP'),
+    **dict.fromkeys('was were had'.split(), 'VBD'),
+    **dict.fromkeys('be'.split(), 'VB'),
+    **dict.fromkeys('also very slightly probably maybe perhaps quite rather not just too really '
+                    'kind sort somewhat possibly likely um uh well actually'.split(), 'RB'),
+    **dict.fromkeys('black white gray grey red blue green yellow orange purple pink brown beige '
+                    'navy dark light bright pale short long big small large little tall thin '
+                    'young old middle medium loose tight plain casual blond blonde curly '
+                    'straight bald single other several sleeveless shoulder'.split(), 'JJ'),
+    **dict.fromkeys('one two three four'.split(), 'CD'),
+}
+_SUFFIX_RULES = [
+    (r'^\d+$', 'CD'),
+    (r'.*ing$', 'VBG'),
+    (r'.*ed$', 'VBN'),
+    (r'.*ly$', 'RB'),
+    (r'.*(ful|ous|ish|ive|able)$', 'JJ'),
+    (r'.*ss$', 'NN'),
+    (r'.*s$', 'NNS'),
+    (r'.*', 'NN'),
+]
+
+
+def lexicon_tagger() -> Tagger:
+  """A download-free POS tagger: a lexicon of ~250 words, suffix rules, NN by default."""
+  return nltk.UnigramTagger(model=_LEXICON, backoff=nltk.RegexpTagger(_SUFFIX_RULES))
+
+
+def perceptron_available() -> bool:
+  try:
+    nltk.data.find(f'taggers/{PERCEPTRON_RESOURCE}/')
+    return True
+  except LookupError:
+    return False
+
+
+def make_tagger(kind: str = 'auto') -> Tagger:
+  """kind: 'perceptron' (NLTK's, must be installed), 'lexicon', or 'auto' (the first that works)."""
+  if kind not in ('auto', 'perceptron', 'lexicon'):
+    raise ValueError(f"config.data.tagger must be 'auto', 'perceptron' or 'lexicon', got {kind!r}")
+  if kind == 'lexicon':
+    return lexicon_tagger()
+  if perceptron_available():
+    return nltk.tag.PerceptronTagger()
+  if kind == 'perceptron':
+    raise LookupError(f"NLTK's perceptron tagger is not installed; install it with: "
+                      f'{INSTALL_PERCEPTRON}')
+  logging.warning("NLTK's perceptron tagger is not installed: using the built-in lexicon tagger "
+                  '(for the real one: %s)', INSTALL_PERCEPTRON)
+  return lexicon_tagger()
+
+
+class PhraseExtractor:
+  """Noun phrases of a tokenized caption, in sentence order, at most `max_phrases`."""
+
+  def __init__(self, tagger: Tagger, max_phrases: int = 26):
+    self.tagger = tagger
+    self.max_phrases = max_phrases
+    self.chunker = nltk.RegexpParser(NOUN_PHRASE_GRAMMAR)
+
+  def __call__(self, tokens: Sequence[str]) -> list[list[str]]:
+    if not tokens:
+      return []
+    tree = self.chunker.parse(self.tagger.tag(list(tokens)))
+    phrases = [[word for word, _ in subtree.leaves()]
+               for subtree in tree.subtrees(lambda t: t.label() == 'NP')]
+    return phrases[:self.max_phrases]
+
+
+def build_vocabulary(token_lists: Iterable[Sequence[str]], min_count: int = 2) -> list[str]:
+  """Words seen at least `min_count` times, most frequent first; index 0 = PAD, 1 = UNK."""
+  counts = collections.Counter(word for tokens in token_lists for word in tokens)
+  kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+  return [PAD, UNK] + kept
+
+
+def encode(tokens: Sequence[str], vocabulary: Sequence[str]) -> list[int]:
+  """Word ids with unknown words mapped to UNK (the pipeline does the same in TF)."""
+  index = {w: i for i, w in enumerate(vocabulary)}
+  return [index.get(w, 1) for w in tokens]

@@ -1,0 +1,194 @@
+"""tf.data input: built dataset -> numpy batches, the same for every dataset.
+
+Train: (image, caption) pairs, shuffled, flipped, normalized, a fixed number of batches per epoch
+on every process. Eval: a gallery (one entry per image) and queries (one per caption), in order,
+the last batch padded and marked by `valid`. Words become ids with the train vocabulary; sentences
+and phrases are padded, with masks (id 0 = padding, never a word).
+"""
+import dataclasses
+from typing import Iterator
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from dssl_jax.data import builders
+from dssl_jax.data.builders.person_text import PHRASE_SEPARATOR
+from dssl_jax.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's weights were trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMeta:
+  """What the model and the loop need to know of a built dataset."""
+  vocabulary: list
+  num_train_identities: int
+  kept: dict  # split -> {images, captions, identities}
+  splits: tuple
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.vocabulary)
+
+
+def _builder(data: ml_collections.ConfigDict):
+  builder = builders.get_builder(data)
+  if not builder.is_prepared():
+    raise UserError(f'dataset {data.name} is not built in {builders.data_dir(data)}: run '
+                    'python -m dssl_jax.main --mode=prepare with the same config first')
+  return builder
+
+
+def dataset_meta(data: ml_collections.ConfigDict) -> DatasetMeta:
+  builder = _builder(data)
+  metadata = builder.info.metadata
+  return DatasetMeta(list(metadata['vocabulary']), int(metadata['num_train_identities']),
+                     dict(metadata['build_summary']['kept']), tuple(builder.info.splits))
+
+
+class TextEncoder:
+  """Token strings -> padded id tensors and masks, with the train vocabulary (TF ops)."""
+
+  def __init__(self, vocabulary, max_words: int, max_phrases: int, max_phrase_words: int):
+    self.table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(list(vocabulary)),
+                                            tf.range(len(vocabulary), dtype=tf.int32)),
+        default_value=1)  # UNK
+    self.max_words, self.max_phrases, self.max_phrase_words = (max_words, max_phrases,
+                                                               max_phrase_words)
+
+  def sentence(self, tokens: tf.Tensor):
+    ids = self.table.lookup(tf.strings.split(tokens))[:self.max_words]
+    ids = tf.pad(ids, [[0, self.max_words - tf.shape(ids)[0]]])
+    return tf.ensure_shape(ids, [self.max_words]), tf.ensure_shape(ids != 0, [self.max_words])
+
+  def phrases(self, phrases: tf.Tensor):
+    words = tf.strings.split(tf.strings.split(phrases, PHRASE_SEPARATOR))  # ragged [n, words]
+    ids = self.table.lookup(words).to_tensor(
+        0, shape=[self.max_phrases, self.max_phrase_words])
+    return ids, ids != 0
+
+  def __call__(self, caption: dict) -> dict:
+    tokens, token_mask = self.sentence(caption['tokens'])
+    phrases, phrase_mask = self.phrases(caption['phrases'])
+    return {'tokens': tokens, 'token_mask': token_mask, 'phrases': phrases,
+            'phrase_mask': phrase_mask}
+
+
+def _text_encoder(config, meta: DatasetMeta) -> TextEncoder:
+  d = config.data
+  return TextEncoder(meta.vocabulary, d.max_words, d.max_phrases, d.max_phrase_words)
+
+
+def decode_and_resize(encoded: tf.Tensor, size) -> tf.Tensor:
+  """Any JPEG/PNG (grey too) -> uint8 [H, W, 3] at `size`, antialiased like PIL's resize."""
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image = tf.image.resize(image, size, method='bilinear', antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def normalize(image: tf.Tensor) -> tf.Tensor:
+  image = tf.cast(image, tf.float32) / 255.0
+  return (image - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def _load(config, split: str, process_index: int, process_count: int, shuffle: bool):
+  builder = _builder(config.data)
+  if split not in builder.info.splits:
+    raise UserError(f'config.eval.split {split!r}: {config.data.name} has splits '
+                    f'{sorted(builder.info.splits)}')
+  per_process = tfds.split_for_jax_process(split, process_index=process_index,
+                                           process_count=process_count)
+  return builder.as_dataset(
+      split=per_process, shuffle_files=shuffle,
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(shuffle_seed=config.seed, try_autocache=False))
+
+
+class TrainInput:
+  """Per-epoch iterators over (image, caption) batches; epoch e always gives the same order.
+
+  Every process yields `steps_per_epoch` batches of `batch_size / process_count` pairs, so hosts
+  stay in step (their shards are repeated if a little short).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, meta: DatasetMeta,
+               process_index: int = 0, process_count: int = 1):
+    if config.train.batch_size % process_count:
+      raise UserError(f'config.train.batch_size {config.train.batch_size} must divide evenly '
+                      f'over {process_count} processes')
+    self.config = config
+    self.local_batch = config.train.batch_size // process_count
+    self.steps_per_epoch = meta.kept['train']['captions'] // config.train.batch_size
+    if self.steps_per_epoch == 0:
+      raise UserError(f'the train split has {meta.kept["train"]["captions"]} captions, fewer than '
+                      f'config.train.batch_size {config.train.batch_size}')
+    self.encoder = _text_encoder(config, meta)
+    d = config.data
+    ds = _load(config, 'train', process_index, process_count, shuffle=True)
+    ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label'],
+                            'person_id': ex['person_id'], 'captions': ex['captions']})
+    if d.cache_decoded:
+      self._images = ds.map(lambda ex: ex | {'image': decode_and_resize(ex['image'],
+                                                                        d.image_size)},
+                            num_parallel_calls=tf.data.AUTOTUNE).cache()
+    else:
+      self._images = ds
+
+  def epoch(self, epoch: int) -> Iterator[dict]:
+    d = self.config.data
+    seed = self.config.seed * 100_003 + epoch
+    ds = self._images.shuffle(d.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+    if not d.cache_decoded:
+      ds = ds.map(lambda ex: ex | {'image': decode_and_resize(ex['image'], d.image_size)},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.flat_map(lambda ex: tf.data.Dataset.from_tensor_slices(ex['captions']).map(
+        lambda caption: {'image': ex['image'], 'label': ex['label'],
+                         'person_id': ex['person_id'], 'caption': caption}))
+    ds = ds.shuffle(4 * self.local_batch, seed=seed).repeat()
+
+    def finish(pair, rng_seed):
+      image = pair['image']
+      if d.flip:
+        image = tf.image.stateless_random_flip_left_right(image, rng_seed)
+      return {'image': normalize(image), 'label': tf.cast(pair['label'], tf.int32),
+              'person_id': tf.cast(pair['person_id'], tf.int32), **self.encoder(pair['caption'])}
+
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    ds = tf.data.Dataset.zip(ds, seeds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(self.local_batch, drop_remainder=True).take(self.steps_per_epoch)
+    return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def _padded_batches(ds: tf.data.Dataset, batch_size: int) -> Iterator[dict]:
+  """Fixed-shape batches (for jit): the last one is padded; `valid` marks the real entries."""
+  for batch in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+    n = len(next(iter(batch.values())))
+    batch = {k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)])
+             for k, v in batch.items()}
+    batch['valid'] = np.arange(batch_size) < n
+    yield batch
+
+
+def gallery(config, split: str, process_index: int = 0, process_count: int = 1):
+  """One entry per image of `split`: normalized image, person id, file path."""
+  d = config.data
+  ds = _load(config, split, process_index, process_count, shuffle=False).map(
+      lambda ex: {'image': normalize(decode_and_resize(ex['image'], d.image_size)),
+                  'person_id': tf.cast(ex['person_id'], tf.int32), 'file_path': ex['file_path']},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  return _padded_batches(ds, config.eval.batch_size)
+
+
+def queries(config, meta: DatasetMeta, split: str, process_index: int = 0,
+            process_count: int = 1):
+  """One entry per caption of `split`: encoded sentence and phrases, person id, raw text."""
+  encoder = _text_encoder(config, meta)
+  ds = _load(config, split, process_index, process_count, shuffle=False)
+  ds = ds.flat_map(lambda ex: tf.data.Dataset.from_tensor_slices(ex['captions']).map(
+      lambda caption: {'person_id': tf.cast(ex['person_id'], tf.int32), 'text': caption['text'],
+                       **encoder(caption)}))
+  return _padded_batches(ds, config.eval.batch_size)
