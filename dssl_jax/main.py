@@ -32,15 +32,31 @@ def run(config, workdir: str | None, mode: str):
     builders.prepare(config.data)
 
 
+def _fail(message: str):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl's parsing, with a bad --config.x=y (typo, wrong type) as one line instead of a trace."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    while e.args and isinstance(e.args[0], Exception):  # ConfigDict wraps its KeyError
+      e = e.args[0]
+    _fail('config override rejected: ' + ' '.join(str(e.args[0] if e.args else e).split()))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    _fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -167,8 +167,8 @@ def _padded_batches(ds: tf.data.Dataset, batch_size: int) -> Iterator[dict]:
   """Fixed-shape batches (for jit): the last one is padded; `valid` marks the real entries."""
   for batch in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
     n = len(next(iter(batch.values())))
-    batch = {k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)])
-             for k, v in batch.items()}
+    batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)])
+             for k, v in batch.items()}  # padding repeats the last entry
     batch['valid'] = np.arange(batch_size) < n
     yield batch
 

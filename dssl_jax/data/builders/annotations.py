@@ -141,17 +141,15 @@ def read_records(name: str, manual_dir: str, phrase_extractor: Callable[[Sequenc
     if problem:
       summary.skip(where, problem, strict)
       continue
-    captions = []
-    for j, text in enumerate(texts):
-      tokens = captions_lib.tokenize(text) if isinstance(text, str) else []
-      if not tokens:
-        summary.skip(f'{where} caption {j}', 'empty caption', strict)
-        continue
-      captions.append(Caption(text, tokens, phrase_extractor(tokens)))
-    if not captions:
-      summary.skip(where, 'empty caption: no caption left for this image', strict)
+    tokens = [captions_lib.tokenize(t) if isinstance(t, str) else [] for t in texts]
+    if not any(tokens):
+      summary.skip(where, 'empty caption: no caption with a word', strict)
       continue
-    records.append(Record(file, person_id, split, captions))
+    for j in [j for j, t in enumerate(tokens) if not t]:
+      summary.skip(f'{where} caption {j}', 'empty caption', strict)
+    records.append(Record(file, person_id, split, [
+        Caption(text, words, phrase_extractor(words)) for text, words in zip(texts, tokens)
+        if words]))
   for split in fmt.splits:
     in_split = [r for r in records if r.split == split]
     summary.kept[split] = {'images': len(in_split),

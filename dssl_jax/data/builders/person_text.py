@@ -29,7 +29,6 @@ class PersonTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   """Shared by the three datasets; subclasses name their annotation format."""
 
   VERSION = tfds.core.Version('1.0.0')
-  BUILDER_CONFIGS = [PersonTextConfig(name='default')]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Point config.data.manual_dir at the dataset folder as published: the annotation json and '
       'imgs/ side by side.')

@@ -1,0 +1,66 @@
+import nltk
+import pytest
+
+from dssl_jax.data import captions
+
+
+def test_tokenize_lowercases_and_drops_punctuation():
+  assert captions.tokenize("A Man's black-jacket, (2) shoes!") == [
+      'a', 'man', 's', 'black', 'jacket', '2', 'shoes']
+  assert captions.tokenize(' ,.; ') == []
+
+
+def test_lexicon_tagger_phrases_in_order():
+  extract = captions.PhraseExtractor(captions.lexicon_tagger())
+  tokens = captions.tokenize('The woman with long blonde hair is wearing a red t-shirt and '
+                             'blue jeans. She carries a black leather backpack.')
+  assert extract(tokens) == [['the', 'woman'], ['long', 'blonde', 'hair'], ['a', 'red', 't', 'shirt'],
+                             ['blue', 'jeans'], ['a', 'black', 'leather', 'backpack']]
+
+
+def test_phrases_are_capped_and_empty_caption_gives_none():
+  extract = captions.PhraseExtractor(captions.lexicon_tagger(), max_phrases=2)
+  assert len(extract('a red hat and a blue coat and white shoes'.split())) == 2
+  assert extract([]) == []
+  assert captions.PhraseExtractor(captions.lexicon_tagger())(['is', 'walking']) == []
+
+
+def _trained_perceptron():
+  """A real NLTK perceptron tagger, trained here on a few tagged sentences (no download)."""
+  tagged = [[('a', 'DT'), ('man', 'NN'), ('wears', 'VBZ'), ('a', 'DT'), ('green', 'JJ'),
+             ('coat', 'NN')],
+            [('the', 'DT'), ('girl', 'NN'), ('has', 'VBZ'), ('brown', 'JJ'), ('boots', 'NNS')],
+            [('she', 'PRP'), ('carries', 'VBZ'), ('a', 'DT'), ('small', 'JJ'), ('bag', 'NN')]]
+  tagger = nltk.tag.PerceptronTagger(load=False)
+  tagger.train(tagged * 5, nr_iter=5)
+  return tagger
+
+
+def test_real_nltk_perceptron_path_with_a_trained_tagger():
+  extract = captions.PhraseExtractor(_trained_perceptron())
+  assert extract('a man wears a green coat'.split()) == [['a', 'man'], ['a', 'green', 'coat']]
+
+
+def test_make_tagger_uses_perceptron_when_installed(monkeypatch):
+  trained = _trained_perceptron()
+  monkeypatch.setattr(captions, 'perceptron_available', lambda: True)
+  monkeypatch.setattr(nltk.tag, 'PerceptronTagger', lambda: trained)
+  assert captions.make_tagger('auto') is trained
+  assert captions.make_tagger('perceptron') is trained
+
+
+def test_make_tagger_falls_back_and_says_how_to_install(monkeypatch, caplog):
+  monkeypatch.setattr(captions, 'perceptron_available', lambda: False)
+  tagger = captions.make_tagger('auto')
+  assert tagger.tag(['a', 'red', 'coat']) == [('a', 'DT'), ('red', 'JJ'), ('coat', 'NN')]
+  assert captions.INSTALL_PERCEPTRON in caplog.text
+  with pytest.raises(LookupError, match='nltk.downloader averaged_perceptron_tagger_eng'):
+    captions.make_tagger('perceptron')
+  with pytest.raises(ValueError, match='config.data.tagger'):
+    captions.make_tagger('spacy')
+
+
+def test_vocabulary_min_count_order_and_unknown_words():
+  vocab = captions.build_vocabulary([['a', 'red', 'coat'], ['a', 'red', 'hat'], ['a', 'cap']], 2)
+  assert vocab == ['<pad>', '<unk>', 'a', 'red']
+  assert captions.encode(['a', 'blue', 'red'], vocab) == [2, 1, 3]
