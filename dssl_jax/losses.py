@@ -1,0 +1,117 @@
+"""The paper's losses (eq. 2, 3, 6, 13-21) as pure functions of the model's features.
+
+Batch reduction (the paper leaves it open): each anchor's ranking loss is summed over all its
+in-batch negatives (VSE0, eq. 3), and anchors are averaged, like the per-sample ID loss. Pairs of
+the same person are never negatives.
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from dssl_jax.models import dssl
+from dssl_jax.models.heads import cross_attention_similarity, l2_normalize
+
+
+def cosine_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
+  """S[i, j] = cos(a_i, b_j)."""
+  return l2_normalize(a) @ l2_normalize(b).T
+
+
+def ranking_loss(similarity: jax.Array, person_ids: jax.Array, margin: float,
+                 valid: jax.Array | None = None) -> jax.Array:
+  """eq. 3 on S[i, j] = S(x1_i, x2_j), matched pairs on the diagonal, averaged over anchors.
+
+  For each matched pair (x1_i, x2_i): hinge over every x2_j (j a negative) and every x1_j.
+  `valid` [B] drops entries (padded phrases) as anchors and as negatives.
+  """
+  positive = jnp.diag(similarity)
+  negative = person_ids[:, None] != person_ids[None, :]
+  if valid is None:
+    valid = jnp.ones_like(positive, bool)
+  negative &= valid[:, None] & valid[None, :]
+  against_x2 = jnp.where(negative, jax.nn.relu(margin - positive[:, None] + similarity), 0)
+  against_x1 = jnp.where(negative, jax.nn.relu(margin - positive[None, :] + similarity), 0)
+  per_anchor = against_x2.sum(axis=1) + against_x1.sum(axis=0)
+  return jnp.sum(jnp.where(valid, per_anchor, 0)) / jnp.maximum(valid.sum(), 1)
+
+
+def rank_loss(x1, x2, person_ids, margin) -> jax.Array:
+  """L_rank(x1, x2) with cosine similarity (eq. 3)."""
+  return ranking_loss(cosine_matrix(x1, x2), person_ids, margin)
+
+
+def id_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """eq. 16, averaged over the batch."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def mec_loss(person: jax.Array, surroundings: jax.Array) -> jax.Array:
+  """eq. 6: ||P^T S||_F, computed as sqrt(sum((P P^T) * (S S^T))): B x B instead of p x p."""
+  squared = jnp.sum((person @ person.T) * (surroundings @ surroundings.T))
+  return jnp.sqrt(jnp.maximum(squared, 1e-12))
+
+
+def sdm_loss(f: dict, person_ids, margin: float, kind: str) -> jax.Array:
+  """eq. 2: T_G vs T_P, plus each phrase slot i of M_T vs T_L (padded phrases left out).
+
+  kind 'rank' is the paper's; 'euclidean' (Table 5) is the mean squared distance instead.
+  """
+  valid = f['phrase_valid']  # [B, n]
+  if kind == 'rank':
+    sentence = rank_loss(f['T_G'], f['T_P'], person_ids, margin)
+    per_slot = jax.vmap(lambda m, t, v: ranking_loss(cosine_matrix(m, t), person_ids, margin, v),
+                        in_axes=(1, 1, 1))(f['M_T'], f['T_L'], valid)
+    return sentence + per_slot.sum()
+  if kind == 'euclidean':
+    sentence = jnp.mean(jnp.sum((f['T_G'] - f['T_P'])**2, axis=-1))
+    distances = jnp.sum((f['M_T'] - f['T_L'])**2, axis=-1)  # [B, n]
+    per_slot = jnp.sum(distances * valid, axis=0) / jnp.maximum(valid.sum(axis=0), 1)
+    return sentence + per_slot.sum()
+  raise ValueError(f"config.loss.sdm must be 'rank' or 'euclidean', got {kind!r}")
+
+
+def align4_similarity(f: dict) -> jax.Array:
+  """S[i, j] = cos(CA(T_P^j, V_L^i), T_P^j) for image i and text j (eq. 12-13)."""
+  strips = jnp.ones(f['V_L'].shape[:2], bool)
+  return cross_attention_similarity(f['V_L'], strips, f['T_P'])
+
+
+def align5_similarity(f: dict) -> jax.Array:
+  """S[i, j] = cos(CA(V_P^i, T_L^j), V_P^i) for image i and text j (eq. 14-15)."""
+  return cross_attention_similarity(f['T_L'], f['phrase_valid'], f['V_P']).T
+
+
+def stage1_loss(f: dict, batch: dict) -> tuple[jax.Array, dict]:
+  """eq. 17-18: ID loss on V_G and T_G."""
+  terms = {f'id_{name}': id_loss(f['logits'][name], batch['label']) for name in ('V_G', 'T_G')}
+  return sum(terms.values()), terms
+
+
+def stage2_loss(f: dict, batch: dict, config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+  """eq. 19-21 (+ eq. 2), honouring every switch of config.model and config.loss.
+
+  The baseline (Tables 1-2, first row) is ID on V_G, T_G plus rank(V_G, T_G): a common space.
+  """
+  switches = dssl.Switches.from_config(config.model)
+  loss, ids, margin = config.loss, batch['person_id'], config.loss.margin
+  terms = {f'id_{name}': id_loss(f['logits'][name], batch['label'])
+           for name in dssl.id_features(switches)}
+  if config.model.baseline:
+    terms['align1'] = rank_loss(f['V_G'], f['T_G'], ids, margin)
+    return sum(terms.values()), terms
+  if loss.align1:
+    terms['align1'] = rank_loss(f['V_P'], f['T_P'], ids, margin)
+  if loss.align2 and switches.separation:
+    terms['align2'] = rank_loss(f['V_G'], f['V_R'], ids, margin)
+  if loss.align3:
+    terms['align3'] = rank_loss(f['T_G'], f['T_R'], ids, margin)
+  if loss.align4:
+    terms['align4'] = ranking_loss(align4_similarity(f), ids, margin)
+  if loss.align5:
+    terms['align5'] = ranking_loss(align5_similarity(f), ids, margin)
+  if loss.mec and switches.separation:
+    terms['mec'] = mec_loss(f['V_P'], f['V_S'])
+  if switches.sdm:
+    terms['sdm'] = sdm_loss(f, ids, margin, loss.sdm)
+  return sum(terms.values()), terms

@@ -1,0 +1,160 @@
+"""The paper's heads (section 3): feature branches, SDM, SPSM, SPFM, PDM, SAM, the ID classifier,
+and the cross-modal attention CA as a pairwise similarity.
+
+Readings of what the paper leaves open (DESIGN.md): the k strips share one GN-FC-ReLU-FC head, as
+the phrases do; one SDM serves T_G and the phrases; the MLPs are p -> 2p -> p; SDM's auto-encoder is
+p -> p/2 -> p.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class GroupNorm(nn.Module):
+  """GN over the feature axis of vectors of any leading shape (torch's eps)."""
+  groups: int
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.GroupNorm(num_groups=self.groups, epsilon=1e-5)(
+        x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+class GlobalHead(nn.Module):
+  """GN -> FC: V_G from the pooled feature map, T_G from the sentence state."""
+  features: int
+  groups: int
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.features)(GroupNorm(self.groups)(x))
+
+
+class LocalHead(nn.Module):
+  """GN -> FC -> ReLU -> FC, on each strip (M_V) or phrase (M_T)."""
+  features: int
+  groups: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(self.features)(GroupNorm(self.groups)(x)))
+    return nn.Dense(self.features)(x)
+
+
+class MLP(nn.Module):
+  """p -> 2p -> p, ReLU between, tanh at the end: SPSM's branches, SPFM and PDM."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    return jnp.tanh(nn.Dense(self.features)(nn.relu(nn.Dense(2 * self.features)(x))))
+
+
+def strip_pool(feature_map: jax.Array, k: int) -> jax.Array:
+  """[B, H, W, C] -> [B, k, C]: average over k horizontal bands (torch AdaptiveAvgPool2d((k, 1)))."""
+  height = feature_map.shape[1]
+  bands = [feature_map[:, (i * height) // k:-(-(i + 1) * height // k)].mean(axis=(1, 2))
+           for i in range(k)]
+  return jnp.stack(bands, axis=1)
+
+
+class SPSM(nn.Module):
+  """Surroundings-person separation (eq. 4): V_P, V_S = two parallel MLPs of V_G."""
+  features: int
+
+  @nn.compact
+  def __call__(self, v_g):
+    return MLP(self.features, name='person')(v_g), MLP(self.features, name='surroundings')(v_g)
+
+
+class SPFM(nn.Module):
+  """Surroundings-person fusion (eq. 7): V_R = MLP(T_P + V_S) or MLP([T_P, V_S]) (Table 3)."""
+  features: int
+  fusion: str = 'add'
+
+  @nn.compact
+  def __call__(self, t_p, v_s):
+    if self.fusion == 'add':
+      fused = t_p + v_s
+    elif self.fusion == 'concat':
+      fused = jnp.concatenate([t_p, v_s], axis=-1)
+    else:
+      raise ValueError(f"config.model.spfm_fusion must be 'add' or 'concat', got {self.fusion!r}")
+    return MLP(self.features)(fused)
+
+
+class SAM(nn.Module):
+  """Salient attention (eq. 11): a gate from V_P scales every strip of M_V."""
+  features: int
+  groups: int
+
+  @nn.compact
+  def __call__(self, v_p, m_v):
+    hidden = GroupNorm(self.groups)(nn.relu(nn.Dense(self.features, name='W1')(v_p)))
+    gate = jax.nn.sigmoid(nn.Dense(self.features, name='W2')(hidden))
+    return gate[..., None, :] * m_v
+
+
+def zero_entries(x: jax.Array, ratio: float, rng: jax.Array) -> jax.Array:
+  """Z(x, r) of eq. 1: sets exactly round(r * p) random entries of each vector to zero."""
+  count = round(ratio * x.shape[-1])
+  if count == 0:
+    return x
+  rank = jnp.argsort(jnp.argsort(jax.random.uniform(rng, x.shape), axis=-1), axis=-1)
+  return jnp.where(rank < count, 0, x)
+
+
+class SDM(nn.Module):
+  """Signal denoising (eq. 1): y = Dec(Enc(Z(x, r))); zeroing only at train time."""
+  features: int
+  zero_ratio: float
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if train:
+      x = zero_entries(x, self.zero_ratio, self.make_rng('sdm'))
+    code = nn.relu(nn.Dense(self.features // 2, name='encoder')(x))
+    return nn.Dense(self.features, name='decoder')(code)
+
+
+class IdClassifier(nn.Module):
+  """eq. 16: logits = W_id GN(X), one bias-free W_id (Q x p) shared by every feature."""
+  num_classes: int
+  groups: int
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.num_classes, use_bias=False, name='W_id')(GroupNorm(self.groups)(x))
+
+
+def safe_norm(x: jax.Array, eps: float = 1e-8, keepdims: bool = False) -> jax.Array:
+  """||x|| over the last axis, at least eps, with a finite gradient at x = 0 (padded phrases are
+  exact zero vectors at init; jnp.linalg.norm's gradient there is NaN)."""
+  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=keepdims), eps * eps))
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  return x / safe_norm(x, keepdims=True)
+
+
+def attention_weights(cosines: jax.Array, mask: jax.Array) -> jax.Array:
+  """eq. 12/15: softmax of the cosines over valid parts, then only weights above 1/(valid count)."""
+  alpha = jax.nn.softmax(jnp.where(mask, cosines, -1e9), axis=-1)  # masked parts get 0
+  count = jnp.maximum(mask.sum(-1, keepdims=True), 1)
+  return jnp.where(mask & (alpha > 1.0 / count), alpha, 0.0)
+
+
+def cross_attention_similarity(parts: jax.Array, mask: jax.Array, queries: jax.Array) -> jax.Array:
+  """S[a, b] = cos(CA(q_b, X_a), q_b) for every owner a of parts X_a [m, p] and every query q_b.
+
+  CA(q, X) = sum of alpha_i X_i over the selected parts. Its norm comes from the Gram matrix of X_a,
+  so no [A, B, p] tensor is built: this is what makes a full test similarity affordable.
+  parts [A, m, p], mask [A, m] (padded phrases False), queries [B, p] -> [A, B].
+  """
+  lengths = safe_norm(parts)  # [A, m]
+  cosines = jnp.einsum('amp,bp->abm', l2_normalize(parts), l2_normalize(queries))
+  weights = attention_weights(cosines, mask[:, None, :])  # [A, B, m]
+  projection = jnp.einsum('abm,abm,am->ab', weights, cosines, lengths)  # CA . q / |q|
+  gram = jnp.einsum('amp,anp->amn', parts, parts)
+  squared_norm = jnp.einsum('abm,amn,abn->ab', weights, gram, weights)
+  return projection / jnp.sqrt(jnp.maximum(squared_norm, 1e-16))
