@@ -61,6 +61,9 @@ def save_npz(variables: dict, path: str):
 
 def load_backbone(path: str, expected: dict) -> dict:
   """Reads a converted .npz and checks every name and shape against `expected` (our init)."""
+  if path.endswith(('.pth', '.pt')):
+    raise UserError(f'config.model.backbone_weights {path!r} is a PyTorch file: convert it first '
+                    f'with python -m dssl_jax.weights {path} OUT.npz')
   try:
     with np.load(path) as npz:
       loaded = {k: npz[k] for k in npz.files}

@@ -37,8 +37,8 @@ class LocalHead(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(nn.Dense(self.features)(GroupNorm(self.groups)(x)))
-    return nn.Dense(self.features)(x)
+    x = nn.relu(nn.Dense(self.features, name='hidden')(GroupNorm(self.groups)(x)))
+    return nn.Dense(self.features, name='out')(x)
 
 
 class MLP(nn.Module):
@@ -47,7 +47,8 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return jnp.tanh(nn.Dense(self.features)(nn.relu(nn.Dense(2 * self.features)(x))))
+    hidden = nn.relu(nn.Dense(2 * self.features, name='hidden')(x))
+    return jnp.tanh(nn.Dense(self.features, name='out')(hidden))
 
 
 def strip_pool(feature_map: jax.Array, k: int) -> jax.Array:

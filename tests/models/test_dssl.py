@@ -1,0 +1,67 @@
+"""The forward pass returns every feature of the paper; a frozen backbone learns nothing."""
+import flax
+import jax
+import ml_collections
+import numpy as np
+
+from dssl_jax import losses
+from dssl_jax.models import dssl
+from tests.conftest import random_batch, tiny_model_config
+
+
+def _model(config):
+  return dssl.DSSL(ml_collections.FrozenConfigDict(config.model), 50, 7)
+
+
+def test_every_named_feature_with_its_shape():
+  config = tiny_model_config()
+  batch = random_batch(config, 50, 7, batch_size=3)
+  model = _model(config)
+  d = config.data
+  variables = dssl.init_variables(model, jax.random.key(0), d.image_size, d.max_words,
+                                  d.max_phrases, d.max_phrase_words)
+  f = jax.jit(model.apply, static_argnames='train')(variables, batch, train=False)
+  p, k, n = config.model.embed_dim, config.model.num_strips, d.max_phrases
+  for name in ('V_G', 'V_P', 'V_S', 'V_R', 'T_G', 'T_P', 'T_R'):
+    assert f[name].shape == (3, p), name
+  for name, parts in (('M_V', k), ('V_L', k), ('M_T', n), ('T_L', n)):
+    assert f[name].shape == (3, parts, p), name
+  assert set(f['logits']) == {'V_G', 'T_G', 'V_P', 'T_P', 'V_R', 'T_R'}
+  assert f['logits']['V_R'].shape == (3, 7)
+  np.testing.assert_array_equal(f['phrase_valid'], batch['phrase_mask'].any(-1))
+  baseline = config.copy_and_resolve_references()
+  baseline.model.baseline = True
+  fb = _model(baseline).apply(variables, batch, train=False)
+  assert 'V_S' not in fb and 'V_R' not in fb and 'T_R' not in fb
+  np.testing.assert_array_equal(fb['V_P'], fb['V_G'])
+  np.testing.assert_array_equal(fb['T_P'], fb['T_G'])
+  np.testing.assert_array_equal(fb['V_L'], fb['M_V'])
+
+
+def test_frozen_backbone_gets_no_gradient_and_keeps_bn_statistics():
+  config = tiny_model_config()
+  batch = random_batch(config, 50, 7, batch_size=4)
+  model = _model(config)
+  d = config.data
+  variables = dssl.init_variables(model, jax.random.key(0), d.image_size, d.max_words,
+                                  d.max_phrases, d.max_phrase_words)
+
+  def grads_and_stats(frozen):
+    def loss_fn(params):
+      f, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, batch,
+                               train=True, frozen_backbone=frozen, mutable=['batch_stats'],
+                               rngs={'sdm': jax.random.key(1)})
+      return losses.stage1_loss(f, batch)[0], updates['batch_stats']
+    return jax.jit(jax.grad(loss_fn, has_aux=True))(variables['params'])
+
+  grads, stats = grads_and_stats(frozen=True)
+  assert all((g == 0).all() for g in jax.tree.leaves(grads['backbone']))
+  assert any((g != 0).any() for g in jax.tree.leaves(grads['image_global']))
+  for a, b in zip(jax.tree.leaves(stats['backbone']),
+                  jax.tree.leaves(variables['batch_stats']['backbone'])):
+    np.testing.assert_array_equal(a, b)
+  grads, stats = grads_and_stats(frozen=False)
+  assert any((g != 0).any() for g in jax.tree.leaves(grads['backbone']))
+  moved = flax.traverse_util.flatten_dict(stats['backbone'])
+  before = flax.traverse_util.flatten_dict(variables['batch_stats']['backbone'])
+  assert any(not np.array_equal(moved[key], before[key]) for key in moved)

@@ -1,0 +1,104 @@
+"""The heads' equations against direct computations."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from dssl_jax.models import heads
+
+
+@pytest.mark.parametrize('height', [12, 7, 6])
+def test_strip_pool_matches_torch_adaptive_pool(height):
+  x = np.random.default_rng(0).normal(size=(2, height, 3, 5)).astype(np.float32)
+  want = torch.nn.AdaptiveAvgPool2d((6, 1))(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+  np.testing.assert_allclose(heads.strip_pool(x, 6), want.numpy()[..., 0].transpose(0, 2, 1),
+                             atol=1e-6)
+
+
+def test_attention_keeps_only_weights_above_average():
+  cosines = jnp.array([0.9, 0.1, 0.5, -0.2, 0.7])
+  mask = jnp.array([True, True, True, True, False])  # the fifth part is padding
+  alpha = np.exp([0.9, 0.1, 0.5, -0.2]) / np.exp([0.9, 0.1, 0.5, -0.2]).sum()
+  # alpha = [0.390, 0.175, 0.261, 0.130]; average 1/4: parts 0 and 2 are selected.
+  np.testing.assert_allclose(heads.attention_weights(cosines, mask),
+                             [alpha[0], 0, alpha[2], 0, 0], rtol=1e-6)
+  assert not heads.attention_weights(cosines, jnp.zeros(5, bool)).any()
+
+
+def test_cross_attention_similarity_matches_explicit_ca_vectors():
+  rng = np.random.default_rng(0)
+  parts = rng.normal(size=(3, 5, 8)).astype(np.float32)
+  mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]], bool)
+  queries = rng.normal(size=(4, 8)).astype(np.float32)
+  got = np.asarray(heads.cross_attention_similarity(parts, mask, queries))
+  for a in range(3):
+    for b in range(4):
+      x, m, q = parts[a][mask[a]], mask[a].sum(), queries[b]
+      if m == 0:
+        assert got[a, b] == 0
+        continue
+      cos = x @ q / np.linalg.norm(x, axis=1) / np.linalg.norm(q)
+      alpha = np.exp(cos) / np.exp(cos).sum()
+      ca = (alpha[alpha > 1 / m, None] * x[alpha > 1 / m]).sum(0)  # eq. 12
+      np.testing.assert_allclose(got[a, b], ca @ q / np.linalg.norm(ca) / np.linalg.norm(q),
+                                 rtol=1e-5)
+
+
+@pytest.mark.parametrize('ratio', [0.0, 0.25, 0.5, 0.9])
+def test_zeroing_sets_exactly_round_r_p_entries(ratio):
+  x = jnp.asarray(np.random.default_rng(0).uniform(1, 2, (7, 1024)), jnp.float32)
+  zeroed = heads.zero_entries(x, ratio, jax.random.key(3))
+  np.testing.assert_array_equal((zeroed == 0).sum(-1), round(ratio * 1024))
+  np.testing.assert_array_equal(zeroed[zeroed != 0], x[zeroed != 0])
+
+
+def test_sdm_zeroes_at_train_time_only():
+  sdm = heads.SDM(features=16, zero_ratio=0.5)
+  x = jnp.asarray(np.random.default_rng(0).uniform(1, 2, (4, 16)), jnp.float32)
+  variables = sdm.init({'params': jax.random.key(0), 'sdm': jax.random.key(1)}, x, train=True)
+  encoder_inputs = []
+  def record(next_fun, args, kwargs, context):
+    if context.module.name == 'encoder':
+      encoder_inputs.append(np.asarray(args[0]))
+    return next_fun(*args, **kwargs)
+  p = variables['params']
+  autoencode = lambda v: jax.nn.relu(v @ p['encoder']['kernel'] + p['encoder']['bias']
+                                     ) @ p['decoder']['kernel'] + p['decoder']['bias']
+  with nn.intercept_methods(record):
+    eval_out = sdm.apply(variables, x, train=False)
+    train_out = sdm.apply(variables, x, train=True, rngs={'sdm': jax.random.key(2)})
+  np.testing.assert_allclose(eval_out, autoencode(x), rtol=1e-5)
+  np.testing.assert_array_equal(encoder_inputs[0], x)  # eval: nothing zeroed
+  np.testing.assert_array_equal((encoder_inputs[1] == 0).sum(-1), 8)  # train: round(0.5 * 16)
+  np.testing.assert_allclose(train_out, autoencode(encoder_inputs[1]), rtol=1e-5)
+
+
+def test_sam_gate_formula():
+  sam = heads.SAM(features=8, groups=2)
+  rng = np.random.default_rng(0)
+  v_p, m_v = rng.normal(size=(3, 8)).astype(np.float32), rng.normal(size=(3, 6, 8)).astype(
+      np.float32)
+  variables = sam.init(jax.random.key(0), v_p, m_v)
+  p = variables['params']
+  hidden = np.maximum(v_p @ p['W1']['kernel'] + p['W1']['bias'], 0)
+  groups = hidden.reshape(3, 2, 4)
+  normed = ((groups - groups.mean(-1, keepdims=True)) / np.sqrt(groups.var(-1, keepdims=True)
+                                                                + 1e-5)).reshape(3, 8)
+  normed = normed * p['GroupNorm_0']['GroupNorm_0']['scale'] + p['GroupNorm_0']['GroupNorm_0'][
+      'bias']
+  gate = 1 / (1 + np.exp(-(normed @ p['W2']['kernel'] + p['W2']['bias'])))
+  np.testing.assert_allclose(sam.apply(variables, v_p, m_v), gate[:, None] * m_v, rtol=1e-4,
+                             atol=1e-6)
+
+
+def test_spfm_fusions_and_tanh_range():
+  t_p, v_s = jnp.ones((2, 4)), jnp.arange(8.).reshape(2, 4)
+  for fusion, width in (('add', 4), ('concat', 8)):
+    spfm = heads.SPFM(4, fusion)
+    variables = spfm.init(jax.random.key(0), t_p, v_s)
+    assert variables['params']['MLP_0']['hidden']['kernel'].shape == (width, 8)
+    assert np.abs(spfm.apply(variables, t_p, v_s)).max() < 1
+  with pytest.raises(ValueError, match='spfm_fusion'):
+    heads.SPFM(4, 'mean').init(jax.random.key(0), t_p, v_s)

@@ -1,0 +1,77 @@
+"""Our ResNet with converted torchvision weights gives torchvision's feature map."""
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from dssl_jax import weights
+from dssl_jax.errors import UserError
+from dssl_jax.models.resnet import ResNet
+
+
+def _random_torchvision(depth: int, seed: int = 0):
+  torch.manual_seed(seed)
+  model = getattr(torchvision.models, f'resnet{depth}')(weights=None)
+  with torch.no_grad():  # non-trivial BN statistics and affine, so a BN mix-up shows
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.uniform_(-0.5, 0.5)
+        module.running_var.uniform_(0.5, 2.0)
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.2, 0.2)
+  return model.eval()
+
+
+def _convert_via_files(model, tmp_path):
+  """Saved as a real .pth, read back and converted as `python -m dssl_jax.weights` does."""
+  torch.save(model.state_dict(), tmp_path / 'resnet.pth')
+  variables = weights.convert_state_dict(weights.read_torch_state_dict(str(tmp_path / 'resnet.pth')))
+  weights.save_npz(variables, str(tmp_path / 'resnet.npz'))
+  return str(tmp_path / 'resnet.npz')
+
+
+@pytest.mark.parametrize('depth,size', [(50, (384, 128)), (18, (97, 61))])
+def test_feature_map_matches_torchvision(depth, size, tmp_path):
+  reference = _random_torchvision(depth)
+  ours = ResNet(depth)
+  images = np.random.default_rng(1).normal(size=(2, 3, *size)).astype(np.float32)
+  expected_vars = ours.init(__import__('jax').random.key(0), images.transpose(0, 2, 3, 1))
+  variables = weights.load_backbone(_convert_via_files(reference, tmp_path), expected_vars)
+  got = np.asarray(ours.apply(variables, images.transpose(0, 2, 3, 1)))
+  with torch.no_grad():
+    want = torch.nn.Sequential(*list(reference.children())[:-2])(torch.from_numpy(images))
+  want = want.numpy().transpose(0, 2, 3, 1)
+  assert got.shape == want.shape and ours.out_features == want.shape[-1]
+  error = np.abs(got - want).max()
+  print(f'resnet{depth} {size}: max abs error {error:.2e}, relative {error / np.abs(want).max():.2e}')
+  assert error / np.abs(want).max() < 1e-4
+
+
+def test_mismatched_weights_fail_with_one_clear_line(tmp_path):
+  path = _convert_via_files(_random_torchvision(18), tmp_path)
+  images = np.zeros((1, 64, 32, 3), np.float32)
+  import jax  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError, match='names do not match.*config.model.depth'):
+    weights.load_backbone(path, ResNet(50).init(jax.random.key(0), images))
+  with pytest.raises(UserError, match=r'conv1/kernel has shape \(7, 7, 3, 64\).*needs \(7, 7, 3, 16\)'):
+    weights.load_backbone(path, ResNet(18, width=16).init(jax.random.key(0), images))
+  with pytest.raises(UserError, match='is a PyTorch file: convert it first'):
+    weights.load_backbone(str(tmp_path / 'resnet.pth'), ResNet(18).init(jax.random.key(0), images))
+  (tmp_path / 'broken.npz').write_bytes(b'not a zip')
+  with pytest.raises(UserError, match='broken.npz.*cannot read'):
+    weights.load_backbone(str(tmp_path / 'broken.npz'), ResNet(18).init(jax.random.key(0), images))
+
+
+def test_command_line_converter(tmp_path):
+  import subprocess, sys, os  # pylint: disable=g-import-not-at-top,multiple-imports
+  torch.save(_random_torchvision(18).state_dict(), tmp_path / 'r18.pth')
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  result = subprocess.run([sys.executable, '-m', 'dssl_jax.weights', str(tmp_path / 'r18.pth'),
+                           str(tmp_path / 'r18.npz')], capture_output=True, text=True, cwd=root)
+  assert result.returncode == 0, result.stderr
+  assert 'wrote' in result.stdout and np.load(tmp_path / 'r18.npz')['params/conv1/kernel'].shape == (
+      7, 7, 3, 64)
+  result = subprocess.run([sys.executable, '-m', 'dssl_jax.weights', str(tmp_path / 'r18.npz'),
+                           str(tmp_path / 'x.npz')], capture_output=True, text=True, cwd=root)
+  assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(
+      f'error: {tmp_path / "r18.npz"}: not a readable PyTorch file')

@@ -1,0 +1,174 @@
+"""The losses against direct loops and formulas; every switch changes the stage-2 loss."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import base, synthetic
+from dssl_jax import losses
+from dssl_jax.models import dssl, heads
+from tests.conftest import random_batch, tiny_model_config
+
+
+def _cos(a, b):
+  return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+
+def _rank_loop(x1, x2, ids, margin, valid=None):
+  """eq. 3 pair by pair: each valid matched pair against its valid negatives, averaged."""
+  n = len(x1)
+  valid = np.ones(n, bool) if valid is None else valid
+  total, anchors = 0.0, 0
+  for i in range(n):
+    if not valid[i]:
+      continue
+    anchors += 1
+    for j in range(n):
+      if valid[j] and ids[j] != ids[i]:
+        total += max(0, margin - _cos(x1[i], x2[i]) + _cos(x1[i], x2[j]))
+        total += max(0, margin - _cos(x1[i], x2[i]) + _cos(x1[j], x2[i]))
+  return total / max(anchors, 1)
+
+
+def test_ranking_loss_matches_a_loop_over_pairs():
+  rng = np.random.default_rng(0)
+  x1, x2 = rng.normal(size=(2, 7, 5))
+  ids = np.array([1, 1, 2, 3, 3, 3, 4])  # same-person pairs are not negatives
+  np.testing.assert_allclose(losses.rank_loss(x1, x2, ids, 0.2), _rank_loop(x1, x2, ids, 0.2),
+                             rtol=1e-5)
+  valid = np.array([1, 0, 1, 1, 0, 1, 1], bool)
+  np.testing.assert_allclose(
+      losses.ranking_loss(losses.cosine_matrix(x1, x2), ids, 0.2, valid),
+      _rank_loop(x1, x2, ids, 0.2, valid), rtol=1e-5)
+  assert losses.rank_loss(x1, x1, np.zeros(7), 0.2) == 0  # no negatives at all
+
+
+def test_mec_and_id_loss_formulas():
+  rng = np.random.default_rng(1)
+  p, s = rng.normal(size=(2, 6, 9))
+  np.testing.assert_allclose(losses.mec_loss(p, s), np.linalg.norm(p.T @ s), rtol=1e-5)
+  logits, labels = rng.normal(size=(4, 5)), np.array([0, 3, 3, 1])
+  log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  np.testing.assert_allclose(losses.id_loss(logits, labels),
+                             -log_softmax[np.arange(4), labels].mean(), rtol=1e-5)
+
+
+def _features(rng, batch=6, n=4, p=8):
+  f = {k: rng.normal(size=(batch, p)).astype(np.float32) for k in ('T_G', 'T_P', 'V_P')}
+  f |= {k: rng.normal(size=(batch, n, p)).astype(np.float32) for k in ('M_T', 'T_L', 'V_L')}
+  f['phrase_valid'] = np.arange(n) < rng.integers(1, n + 1, batch)[:, None]
+  return f
+
+
+def test_sdm_loss_sums_phrase_slots_over_valid_phrases():
+  rng = np.random.default_rng(2)
+  f, ids = _features(rng), np.array([1, 2, 2, 3, 4, 5])
+  want = _rank_loop(f['T_G'], f['T_P'], ids, 0.2) + sum(
+      _rank_loop(f['M_T'][:, i], f['T_L'][:, i], ids, 0.2, f['phrase_valid'][:, i])
+      for i in range(4))
+  np.testing.assert_allclose(losses.sdm_loss(f, ids, 0.2, 'rank'), want, rtol=1e-5)
+  valid = f['phrase_valid']
+  squared = ((f['M_T'] - f['T_L'])**2).sum(-1)
+  want = ((f['T_G'] - f['T_P'])**2).sum(-1).mean() + sum(
+      squared[valid[:, i], i].mean() for i in range(4))
+  np.testing.assert_allclose(losses.sdm_loss(f, ids, 0.2, 'euclidean'), want, rtol=1e-5)
+
+
+def test_align4_and_align5_similarities_are_image_by_text():
+  rng = np.random.default_rng(3)
+  f = _features(rng)
+  s4, s5 = np.asarray(losses.align4_similarity(f)), np.asarray(losses.align5_similarity(f))
+  all_strips = np.ones(4, bool)
+  for i, j in itertools.product(range(6), range(6)):
+    np.testing.assert_allclose(s4[i, j], heads.cross_attention_similarity(
+        f['V_L'][i:i + 1], all_strips[None], f['T_P'][j:j + 1])[0, 0], rtol=1e-5)
+    np.testing.assert_allclose(s5[i, j], heads.cross_attention_similarity(
+        f['T_L'][j:j + 1], f['phrase_valid'][j:j + 1], f['V_P'][i:i + 1])[0, 0], rtol=1e-5)
+
+
+def _init(config, seed=0):
+  model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), 50, 7)
+  d = config.data
+  return dssl.init_variables(model, jax.random.key(seed), d.image_size, d.max_words,
+                             d.max_phrases, d.max_phrase_words)
+
+
+def _stage2(config, batch, variables):
+  """Train-mode stage-2 loss; a model with fewer modules simply ignores the others' variables."""
+  model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), 50, 7)
+  f, _ = model.apply(variables, batch, train=True, rngs={'sdm': jax.random.key(9)},
+                     mutable=['batch_stats'])
+  total, terms = losses.stage2_loss(f, batch, config)
+  return float(total), {k: float(v) for k, v in terms.items()}
+
+
+SWITCH_TERMS = {  # override -> the terms it must remove
+    'loss.align1': {'align1'}, 'loss.align2': {'align2'}, 'loss.align3': {'align3'},
+    'loss.align4': {'align4'}, 'loss.align5': {'align5'}, 'loss.mec': {'mec'},
+    'model.spsm_spfm': {'align2', 'mec', 'id_V_P', 'id_V_R'}, 'model.sdm': {'sdm', 'id_T_P'},
+    'model.sam': set(),
+}
+
+
+def _override(config, field, value):
+  changed = config.copy_and_resolve_references()
+  section, name = field.split('.')
+  changed[section][name] = value
+  return changed
+
+
+def test_every_switch_removes_its_terms_and_changes_the_loss():
+  config = tiny_model_config()
+  batch = random_batch(config, 50, 7, batch_size=6)
+  variables = _init(config)
+  total, terms = _stage2(config, batch, variables)
+  assert set(terms) == {'id_V_G', 'id_T_G', 'id_V_P', 'id_T_P', 'id_V_R', 'id_T_R', 'align1',
+                        'align2', 'align3', 'align4', 'align5', 'mec', 'sdm'}
+  np.testing.assert_allclose(total, sum(terms.values()), rtol=1e-5)
+  for field, removed in SWITCH_TERMS.items():
+    off_total, off_terms = _stage2(_override(config, field, False), batch, variables)
+    assert set(terms) - set(off_terms) == removed, field
+    assert off_total != pytest.approx(total, rel=1e-4), field
+  for field, value in (('model.sdm_zero_ratio', 0.25), ('loss.sdm', 'euclidean'),
+                       ('loss.margin', 0.5)):
+    assert _stage2(_override(config, field, value), batch, variables)[0] != pytest.approx(
+        total, rel=1e-4), field
+  concat = _override(config, 'model.spfm_fusion', 'concat')
+  assert _stage2(concat, batch, _init(concat))[0] != pytest.approx(total, rel=1e-4)
+  _, baseline_terms = _stage2(_override(config, 'model.baseline', True), batch, variables)
+  assert set(baseline_terms) == {'id_V_G', 'id_T_G', 'align1'}
+
+
+def _loss_and_grad(config, batch, num_classes):
+  model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), 100, num_classes)
+  d = config.data
+  variables = dssl.init_variables(model, jax.random.key(0), d.image_size, d.max_words,
+                                  d.max_phrases, d.max_phrase_words)
+
+  @jax.jit
+  def loss_and_grad(params, batch_stats, batch, rng):
+    def loss_fn(params):
+      f, _ = model.apply({'params': params, 'batch_stats': batch_stats}, batch, train=True,
+                         rngs={'sdm': rng}, mutable=['batch_stats'])
+      return losses.stage2_loss(f, batch, config)[0]
+    return jax.value_and_grad(loss_fn)(params)
+
+  loss, grads = loss_and_grad(variables['params'], variables['batch_stats'], batch,
+                              jax.random.key(1))
+  assert np.isfinite(loss)
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+  assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads['backbone']))
+
+
+def test_jit_stage2_loss_and_gradient_synthetic_config():
+  config = synthetic.get_config()
+  _loss_and_grad(config, random_batch(config, 100, 50, config.train.batch_size), 50)
+
+
+@pytest.mark.slow
+def test_jit_stage2_loss_and_gradient_paper_size():
+  config = base.get_config()  # 384x128, ResNet-50, p=1024, k=6, n=26
+  _loss_and_grad(config, random_batch(config, 100, 11003, batch_size=2), 11003)
