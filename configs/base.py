@@ -59,6 +59,11 @@ def get_config() -> ml_collections.ConfigDict:
   train.stage2_lr = 2e-4
   train.lr_decay_epochs = 10  # stage-2 lr divided by 10 every 10 epochs
   train.lr_decay_factor = 0.1
+  train.log_every_steps = 50
+  train.checkpoint_every_steps = 1000  # and at the end of each stage
+  train.keep_checkpoints = 3
+  train.eval_every_epochs = 1  # on val, to pick the best checkpoint (never on test)
+  train.distributed = False  # jax.distributed.initialize() (multi-host; see launch/)
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.split = 'test'

@@ -3,6 +3,10 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+# torchvision (a test-only reference) pulls in triton, which segfaults when imported after
+# TensorFlow (TF 2.21 + triton 3.8, whatever the test order): import it first.
+import torchvision  # pylint: disable=g-import-not-at-top,unused-import
+
 import pytest  # pylint: disable=g-import-not-at-top
 
 from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top

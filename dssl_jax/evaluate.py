@@ -1,0 +1,126 @@
+"""Evaluation: encode gallery and queries, the test similarity Sim_TI, and the field's metrics.
+
+Sim_TI (the paper gives lambda1 = lambda2 = 0.5, not the formula; DESIGN.md's reading):
+  cos(V_P, T_P) + l1 * cos(CA(T_P, V_L), T_P) + l2 * cos(CA(V_P, T_L), V_P).
+The pair-dependent CA terms are computed in chunks of queries, from Gram matrices (no [Q, G, p]
+tensor), so a CUHK-PEDES-sized test set fits in a few GB.
+"""
+import functools
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from dssl_jax.models.heads import cross_attention_similarity, l2_normalize
+
+GALLERY_FEATURES = ('V_P', 'V_L')
+QUERY_FEATURES = ('T_P', 'T_L', 'phrase_valid')
+
+
+def retrieval_metrics(similarity: np.ndarray, query_ids: np.ndarray,
+                      gallery_ids: np.ndarray) -> dict:
+  """R@1/5/10, mAP and mINP (percent) of ranking the gallery for each query (row).
+
+  As the field's reference evaluation: every gallery entry of the query's person is relevant;
+  R@k succeeds if one is in the top k; AP is non-interpolated; INP = relevant count / 1-based rank
+  of the last relevant. Ties keep gallery order. Queries whose person is not in the gallery have no
+  defined rank: they are left out of every average and counted in `queries_without_match`.
+  """
+  order = np.argsort(-similarity, axis=1, kind='stable')
+  matches = gallery_ids[order] == query_ids[:, None]  # [Q, G], by rank
+  relevant = matches.sum(axis=1)
+  has_match = relevant > 0
+  matches, relevant = matches[has_match], relevant[has_match]
+  ranks = np.arange(1, matches.shape[1] + 1)
+  hits_so_far = np.cumsum(matches, axis=1)
+  average_precision = (hits_so_far / ranks * matches).sum(axis=1) / relevant
+  last_hit = matches.shape[1] - np.argmax(matches[:, ::-1], axis=1)
+  first_hit = np.argmax(matches, axis=1) + 1
+  percent = lambda x: float(100 * np.mean(x)) if len(x) else 0.0
+  return {'R1': percent(first_hit <= 1), 'R5': percent(first_hit <= 5),
+          'R10': percent(first_hit <= 10), 'mAP': percent(average_precision),
+          'mINP': percent(relevant / last_hit),
+          'queries': int(has_match.sum()), 'queries_without_match': int((~has_match).sum())}
+
+
+@functools.partial(jax.jit, static_argnames=('lambda1', 'lambda2'))
+def _similarity_chunk(gallery: dict, queries: dict, lambda1: float, lambda2: float):
+  """Sim_TI [q, G] for a chunk of queries against the whole gallery."""
+  sim = l2_normalize(queries['T_P']) @ l2_normalize(gallery['V_P']).T
+  if lambda1:
+    strips = jnp.ones(gallery['V_L'].shape[:2], bool)
+    sim += lambda1 * cross_attention_similarity(gallery['V_L'], strips, queries['T_P']).T
+  if lambda2:
+    sim += lambda2 * cross_attention_similarity(queries['T_L'], queries['phrase_valid'],
+                                                gallery['V_P'])
+  return sim
+
+
+def similarity(gallery: dict, queries: dict, lambda1: float = 0.5, lambda2: float = 0.5,
+               chunk: int = 256) -> np.ndarray:
+  """Sim_TI [Q, G] of every query (text) against every gallery image, `chunk` queries at a time."""
+  count = len(queries['T_P'])
+  rows = []
+  for start in range(0, count, chunk):
+    part = {k: v[start:start + chunk] for k, v in queries.items()}
+    short = chunk - len(part['T_P'])
+    if short:  # one compiled shape: pad the last chunk
+      part = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in part.items()}
+    rows.append(np.asarray(_similarity_chunk(gallery, part, float(lambda1), float(lambda2))))
+  return np.concatenate(rows)[:count]
+
+
+class Encoder:
+  """jit-compiled gallery and query encoding, batches sharded over the 'data' mesh axis."""
+
+  def __init__(self, model, mesh: jax.sharding.Mesh):
+    self.model = model
+    self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+
+    def image_features(variables, images):
+      f = model.apply(variables, images, method=model.encode_image)
+      return {k: f[k] for k in GALLERY_FEATURES}
+
+    def text_features(variables, b):
+      f = model.apply(variables, b['tokens'], b['token_mask'], b['phrases'], b['phrase_mask'],
+                      method=model.encode_text)
+      return {k: f[k] for k in QUERY_FEATURES}
+
+    self._image, self._text = jax.jit(image_features), jax.jit(text_features)
+
+  def _collect(self, fn, variables, batches: Iterable[dict], inputs, keep):
+    out = []
+    for batch in batches:
+      local = {k: batch[k] for k in inputs}
+      global_batch = jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(self.sharding, x), local)
+      features = fn(variables, global_batch if len(inputs) > 1 else global_batch[inputs[0]])
+      features = multihost_utils.process_allgather(features, tiled=True)
+      valid = multihost_utils.process_allgather(batch['valid'], tiled=True)
+      extra = multihost_utils.process_allgather({k: batch[k] for k in keep}, tiled=True)
+      out.append({k: np.asarray(v)[valid] for k, v in (features | extra).items()})
+    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+
+  def gallery(self, variables, batches) -> dict:
+    return self._collect(self._image, variables, batches, ('image',), ('person_id',))
+
+  def queries(self, variables, batches) -> dict:
+    return self._collect(self._text, variables, batches,
+                         ('tokens', 'token_mask', 'phrases', 'phrase_mask'), ('person_id',))
+
+
+def evaluate(encoder: Encoder, variables, config: ml_collections.ConfigDict, meta,
+             split: str) -> dict:
+  """Metrics of `split` (and the features and similarity, for pictures and re-ranking)."""
+  from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  index, count = jax.process_index(), jax.process_count()
+  gallery = encoder.gallery(variables, pipeline.gallery(config, split, index, count))
+  queries = encoder.queries(variables, pipeline.queries(config, meta, split, index, count))
+  sim = similarity({k: gallery[k] for k in GALLERY_FEATURES},
+                   {k: queries[k] for k in QUERY_FEATURES}, config.eval.lambda1,
+                   config.eval.lambda2)
+  metrics = retrieval_metrics(sim, queries['person_id'], gallery['person_id'])
+  return {'metrics': metrics, 'similarity': sim, 'gallery': gallery, 'queries': queries}

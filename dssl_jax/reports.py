@@ -1,0 +1,102 @@
+"""What a run shows: the progress line, scalars (JSON lines + TensorBoard), loss-curve picture."""
+import json
+import os
+import time
+
+import jax
+
+
+class MetricLog:
+  """Appends scalars to WORKDIR/metrics.jsonl and TensorBoard event files (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.enabled = jax.process_index() == 0
+    self._writer = None
+    if self.enabled:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self._tf = tf
+      self._writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, values: dict, prefix: str = ''):
+    if not self.enabled:
+      return
+    scalars = {prefix + k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'step': step, **scalars}) + '\n')
+    with self._writer.as_default():
+      for name, value in scalars.items():
+        self._tf.summary.scalar(name, value, step=step)
+    self._writer.flush()
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else (
+      f'{seconds // 60}m{seconds % 60:02d}s')
+
+
+class Progress:
+  """images/s over the last interval and the ETA of the whole run."""
+
+  def __init__(self, total_steps: int, start_step: int, batch_size: int):
+    self.total_steps, self.batch_size = total_steps, batch_size
+    self._last_step, self._last_time = start_step, time.time()
+
+  def line(self, step: int, epoch: int, epochs: int, stage: int, values: dict) -> str:
+    now = time.time()
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    terms = ' '.join(f'{k} {v:.3g}' for k, v in sorted(values.items()) if k not in ('loss', 'lr'))
+    return (f'stage {stage} epoch {epoch + 1}/{epochs} step {step}/{self.total_steps} '
+            f'loss {values["loss"]:.4g} [{terms}] lr {values["lr"]:.2g} '
+            f'{rate * self.batch_size:.1f} img/s ETA {_duration((self.total_steps - step) / max(rate, 1e-9))}')
+
+
+def metrics_line(metrics: dict) -> str:
+  return ' '.join(f'{k} {metrics[k]:.2f}' for k in ('R1', 'R5', 'R10', 'mAP', 'mINP'))
+
+
+def metrics_table(rows: dict) -> str:
+  """Markdown table: one row per name, columns R1 R5 R10 mAP mINP."""
+  lines = ['| | R1 | R5 | R10 | mAP | mINP |', '|---|---|---|---|---|---|']
+  for name, m in rows.items():
+    lines.append(f'| {name} | ' + ' | '.join(f'{m[k]:.2f}' for k in ('R1', 'R5', 'R10', 'mAP',
+                                                                      'mINP')) + ' |')
+  return '\n'.join(lines)
+
+
+def loss_curves(metrics_path: str, out_path: str):
+  """Total and per-term training losses against step, val R1 on a second axis."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(metrics_path):
+    return
+  with open(metrics_path) as f:
+    records = [json.loads(line) for line in f]
+  train = [r for r in records if 'train/loss' in r]
+  val = [r for r in records if 'val/R1' in r]
+  fig, (ax_total, ax_terms) = plt.subplots(1, 2, figsize=(13, 4.5))
+  ax_total.plot([r['step'] for r in train], [r['train/loss'] for r in train], label='total loss')
+  ax_total.set_xlabel('step')
+  ax_total.set_yscale('log')
+  if val:
+    ax_val = ax_total.twinx()
+    ax_val.plot([r['step'] for r in val], [r['val/R1'] for r in val], 'o-', color='tab:red',
+                label='val R1 (%)')
+    ax_val.set_ylabel('val R1 (%)')
+    ax_val.legend(loc='upper right')
+  ax_total.legend(loc='upper left')
+  names = sorted({k for r in train for k in r if k.startswith('train/') and k not in (
+      'train/loss', 'train/lr')})
+  for name in names:
+    points = [(r['step'], r[name]) for r in train if name in r]
+    ax_terms.plot(*zip(*points), label=name[len('train/'):])
+  ax_terms.set_yscale('log')
+  ax_terms.set_xlabel('step')
+  ax_terms.legend(fontsize=7, ncol=2)
+  ax_terms.set_title('loss terms')
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=90)
+  plt.close(fig)

@@ -1,0 +1,309 @@
+"""Two-stage training (paper 3.3 and 4.1.2), data parallel, resumable.
+
+Stage 1: ID loss on V_G and T_G; the backbone is frozen (an optax partition with set_to_zero, BN
+statistics kept, no gradient: XLA computes no backward pass for it). Stage 2: the full loss,
+everything trained, a fresh Adam whose rate is divided by 10 every 10 epochs.
+
+One jit-compiled step over a ("data",) mesh of every device: parameters replicated, the batch
+sharded (BN statistics are then global-batch). Orbax checkpoints every N steps and at the end of
+each stage; rerunning the same command resumes at the same step with the same data order.
+"""
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from dssl_jax import evaluate, losses, reports, weights
+from dssl_jax.data import pipeline
+from dssl_jax.errors import UserError
+from dssl_jax.models import dssl
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array  # a raw uint32 key: step keys are fold_in(rng, step), so resume is exact
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  # Auto axes (not jax.make_mesh's Explicit default): the global-batch similarity matrices of the
+  # losses must be allowed to be computed from a sharded batch.
+  return jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+
+
+def stage_of(epoch: int, config) -> int:
+  return 1 if epoch < config.train.stage1_epochs else 2
+
+
+def backbone_labels(params) -> Any:
+  """'frozen' for the backbone, 'trainable' elsewhere: the partition of stage 1."""
+  return {k: jax.tree.map(lambda _, k=k: 'frozen' if k == 'backbone' else 'trainable', v)
+          for k, v in params.items()}
+
+
+def make_optimizer(config, stage: int, steps_per_epoch: int) -> optax.GradientTransformation:
+  t = config.train
+  if stage == 1:
+    return optax.partition({'trainable': optax.adam(t.stage1_lr), 'frozen': optax.set_to_zero()},
+                           backbone_labels)
+  boundaries = {k * t.lr_decay_epochs * steps_per_epoch: t.lr_decay_factor
+                for k in range(1, max(t.stage2_epochs - 1, 0) // max(t.lr_decay_epochs, 1) + 1)}
+  return optax.adam(optax.piecewise_constant_schedule(t.stage2_lr, boundaries))
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, config, stage: int):
+  """One update: the stage's loss (eq. 18 or 21), its gradient, Adam; metrics are scalars."""
+  rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    features, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, batch, train=True,
+        frozen_backbone=stage == 1, rngs={'sdm': rng}, mutable=['batch_stats'])
+    if stage == 1:
+      total, terms = losses.stage1_loss(features, batch)
+    else:
+      total, terms = losses.stage2_loss(features, batch, config)
+    return total, (terms, updates['batch_stats'])
+
+  (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
+  return state, {'loss': total, **terms}
+
+
+class Trainer:
+  """Holds what one run needs: model, mesh, compiled steps, checkpoints, logs."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config, self.workdir = config, os.path.abspath(workdir)
+    self.meta = pipeline.dataset_meta(config.data)
+    self.model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), self.meta.vocab_size,
+                           self.meta.num_train_identities)
+    self.mesh = make_mesh()
+    self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self.data_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data'))
+    self.input = pipeline.TrainInput(config, self.meta, jax.process_index(), jax.process_count())
+    self.steps_per_epoch = self.input.steps_per_epoch
+    self.total_epochs = config.train.stage1_epochs + config.train.stage2_epochs
+    self.encoder = evaluate.Encoder(self.model, self.mesh)
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True)
+    self.checkpoints = ocp.CheckpointManager(os.path.join(self.workdir, 'checkpoints'),
+                                             options=options)
+    self.best = ocp.CheckpointManager(os.path.join(self.workdir, 'best'),
+                                      options=ocp.CheckpointManagerOptions(max_to_keep=1,
+                                                                           create=True))
+    self.log = reports.MetricLog(self.workdir)
+    self._steps = {}
+    self._stop = False
+
+  # ---------------------------------------------------------------- state
+
+  def _tx(self, stage):
+    return make_optimizer(self.config, stage, self.steps_per_epoch)
+
+  def _initial_variables(self, rng):
+    d = self.config.data
+    return dssl.init_variables(self.model, rng, d.image_size, d.max_words, d.max_phrases,
+                               d.max_phrase_words)
+
+  def _abstract_state(self, stage: int) -> TrainState:
+    def build():
+      variables = self._initial_variables(jax.random.PRNGKey(0))
+      return TrainState(jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
+                        self._tx(stage).init(variables['params']), jax.random.PRNGKey(0))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated),
+                        jax.eval_shape(build))
+
+  def initial_state(self) -> TrainState:
+    params_rng, step_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))
+    variables = flax.core.unfreeze(self._initial_variables(params_rng))
+    path = self.config.model.backbone_weights
+    if path:
+      backbone = weights.load_backbone(path, {'params': variables['params']['backbone'],
+                                              'batch_stats': variables['batch_stats']['backbone']})
+      variables['params']['backbone'] = backbone['params']
+      variables['batch_stats']['backbone'] = backbone['batch_stats']
+      print(f'backbone initialised from {path}', flush=True)
+    stage = stage_of(0, self.config)
+    state = TrainState(jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
+                       self._tx(stage).init(variables['params']), step_rng)
+    return jax.device_put(state, self.replicated)
+
+  def restore(self, step=None) -> tuple[TrainState, dict]:
+    """The checkpoint at `step` (default: latest), onto this run's devices, and its meta."""
+    step = self.checkpoints.latest_step() if step is None else step
+    meta = self.checkpoints.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']
+    state = self.checkpoints.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(self._abstract_state(meta['stage']))))['state']
+    return state, meta
+
+  def save(self, state: TrainState, stage: int):
+    step = int(state.step)
+    if step in self.checkpoints.all_steps():
+      return
+    self.checkpoints.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({'stage': stage, 'step': step})),
+                          force=True)
+
+  # ---------------------------------------------------------------- steps
+
+  def step_fn(self, stage: int):
+    if stage not in self._steps:
+      self._steps[stage] = jax.jit(
+          functools.partial(train_step, model=self.model, tx=self._tx(stage), config=self.config,
+                            stage=stage),
+          out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    return self._steps[stage]
+
+  def global_batch(self, local: dict) -> dict:
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.data_sharding, x),
+                        local)
+
+  # ---------------------------------------------------------------- loop
+
+  def _on_sigterm(self, *_):
+    logging.warning('SIGTERM: saving a checkpoint at the next step, then stopping')
+    self._stop = True
+
+  def train(self) -> TrainState:
+    """Runs (or resumes) both stages; returns the final state."""
+    with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
+      f.write(self.config.to_json_best_effort(indent=2))
+    if self.checkpoints.latest_step() is not None:
+      state, meta = self.restore()
+      print(f'resuming from step {meta["step"]} (stage {meta["stage"]})', flush=True)
+      stage = meta['stage']
+    else:
+      state, stage = self.initial_state(), stage_of(0, self.config)
+    previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+    try:
+      state = self._loop(state, stage)
+    finally:
+      signal.signal(signal.SIGTERM, previous_handler)
+      self.checkpoints.wait_until_finished()
+      self.best.wait_until_finished()
+    return state
+
+  def _loop(self, state: TrainState, stage: int) -> TrainState:
+    spe, t = self.steps_per_epoch, self.config.train
+    total_steps = self.total_epochs * spe
+    step = int(state.step)
+    timer = reports.Progress(total_steps, step, t.batch_size)
+    for epoch in range(step // spe, self.total_epochs):
+      if stage_of(epoch, self.config) != stage:  # stage 1 -> 2: a new optimizer from scratch
+        self.save(state, stage)
+        stage = stage_of(epoch, self.config)
+        state = state.replace(opt_state=jax.device_put(self._tx(stage).init(state.params),
+                                                       self.replicated))
+        print(f'stage {stage} starts at epoch {epoch + 1}', flush=True)
+      step_fn = self.step_fn(stage)
+      batches = self.input.epoch(epoch)
+      for _ in range(step - epoch * spe):  # resume mid-epoch: same order, skip what was done
+        next(batches)
+      metrics = None
+      for batch in batches:
+        state, metrics = step_fn(state, self.global_batch(batch))
+        step += 1
+        if step % t.log_every_steps == 0 or step % spe == 0:
+          self._report(metrics, step, epoch, stage, timer)
+        if step % t.checkpoint_every_steps == 0:
+          self._check_finite(metrics, step)
+          self.save(state, stage)
+        if self._stop:
+          self._check_finite(metrics, step)
+          self.save(state, stage)
+          self.checkpoints.wait_until_finished()
+          raise SystemExit(f'stopped by SIGTERM at step {step}: rerun the same command to resume')
+      if metrics is not None:
+        self._check_finite(metrics, step)
+      self._end_of_epoch(state, epoch)
+    self.save(state, stage)
+    return state
+
+  def _check_finite(self, metrics, step):
+    bad = {k: float(v) for k, v in jax.device_get(metrics).items() if not np.isfinite(v)}
+    if bad:
+      last = self.checkpoints.latest_step()
+      raise UserError(f'non-finite loss at step {step} ({bad}); the last good checkpoint '
+                      f'(step {last}) is kept in {self.checkpoints.directory}')
+
+  def _report(self, metrics, step, epoch, stage, timer):
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    values['lr'] = float(self._learning_rate(step, stage))
+    self.log.write(step, values, prefix='train/')
+    print(timer.line(step, epoch, self.total_epochs, stage, values), flush=True)
+
+  def _learning_rate(self, step, stage):
+    t = self.config.train
+    if stage == 1:
+      return t.stage1_lr
+    epochs_in_stage2 = (step - 1) // self.steps_per_epoch - t.stage1_epochs
+    return t.stage2_lr * t.lr_decay_factor**(max(epochs_in_stage2, 0) // t.lr_decay_epochs)
+
+  def _end_of_epoch(self, state, epoch):
+    """Val evaluation; the best checkpoint is chosen on val, never on test."""
+    if 'val' not in self.meta.splits or (epoch + 1) % self.config.train.eval_every_epochs:
+      return
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    metrics = evaluate.evaluate(self.encoder, variables, self.config, self.meta, 'val')['metrics']
+    self.log.write(int(state.step), metrics, prefix='val/')
+    print(f'  val after epoch {epoch + 1}: ' + reports.metrics_line(metrics), flush=True)
+    best_step = self.best.latest_step()
+    best_r1 = (self.best.restore(best_step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']['R1'] if best_step is not None else -1.0)
+    if metrics['R1'] > best_r1:
+      self.best.save(int(state.step), args=ocp.args.Composite(
+          variables=ocp.args.StandardSave(variables),
+          meta=ocp.args.JsonSave({'epoch': epoch + 1, **metrics})), force=True)
+
+  def evaluation_variables(self, state: TrainState) -> tuple[dict, str]:
+    """The best-on-val variables when there is a val split, else the final ones."""
+    best_step = self.best.latest_step()
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    if best_step is None:
+      return variables, f'the last checkpoint (step {int(state.step)})'
+    self.best.wait_until_finished()
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                           sharding=self.replicated), variables)
+    restored = self.best.restore(best_step, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(abstract)))['variables']
+    return restored, f'the best checkpoint on val (step {best_step})'
+
+
+def save_results(workdir: str, metrics: dict, extra: dict | None = None):
+  """WORKDIR/results.json: R1, R5, R10, mAP, mINP (and the rest), atomically."""
+  path = os.path.join(workdir, 'results.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump(metrics | (extra or {}), f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  trainer = Trainer(config, workdir)
+  start = time.time()
+  state = trainer.train()
+  variables, which = trainer.evaluation_variables(state)
+  result = evaluate.evaluate(trainer.encoder, variables, config, trainer.meta, config.eval.split)
+  metrics = result['metrics']
+  if jax.process_index() == 0:
+    save_results(workdir, metrics, {'split': config.eval.split, 'evaluated': which,
+                                    'train_seconds': round(time.time() - start, 1)})
+    reports.loss_curves(trainer.log.path, os.path.join(workdir, 'loss_curves.png'))
+  print(f'{config.eval.split} ({which}): ' + reports.metrics_line(metrics), flush=True)
+  return metrics
