@@ -77,4 +77,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  flags.FLAGS.set_default('verbosity', -1)  # warnings and our progress lines; --verbosity=0: all
   app.run(main, flags_parser=parse_flags)

@@ -10,7 +10,7 @@ import pytest
 from configs import base, synthetic
 from dssl_jax import losses
 from dssl_jax.models import dssl, heads
-from tests.conftest import random_batch, tiny_model_config
+from tests.helpers import random_batch, tiny_model_config
 
 
 def _cos(a, b):

@@ -6,7 +6,7 @@ import numpy as np
 
 from dssl_jax import losses
 from dssl_jax.models import dssl
-from tests.conftest import random_batch, tiny_model_config
+from tests.helpers import random_batch, tiny_model_config
 
 
 def _model(config):

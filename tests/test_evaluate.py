@@ -1,0 +1,81 @@
+"""retrieval_metrics against a plain per-query implementation and hand-worked cases; Sim_TI."""
+import numpy as np
+import pytest
+
+from dssl_jax import evaluate, losses
+from dssl_jax.models import heads
+
+
+def _reference(similarity, query_ids, gallery_ids):
+  """Query by query, as the field's evaluation reads: rank, then walk the list."""
+  r1 = r5 = r10 = ap = inp = 0.0
+  counted = 0
+  for q in range(len(query_ids)):
+    order = sorted(range(len(gallery_ids)), key=lambda g: (-similarity[q, g], g))  # ties: index
+    hits = [gallery_ids[g] == query_ids[q] for g in order]
+    if not any(hits):
+      continue
+    counted += 1
+    first = hits.index(True) + 1
+    r1, r5, r10 = r1 + (first <= 1), r5 + (first <= 5), r10 + (first <= 10)
+    found, precisions = 0, []
+    for rank, hit in enumerate(hits, 1):
+      if hit:
+        found += 1
+        precisions.append(found / rank)
+    ap += sum(precisions) / found
+    last = len(hits) - hits[::-1].index(True)
+    inp += found / last
+  return {k: 100 * v / counted for k, v in
+          {'R1': r1, 'R5': r5, 'R10': r10, 'mAP': ap, 'mINP': inp}.items()}, counted
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_matches_a_plain_implementation_with_ties_and_repeated_ids(seed):
+  rng = np.random.default_rng(seed)
+  similarity = rng.integers(0, 6, (40, 25)) / 5.0  # many ties
+  gallery_ids = rng.integers(0, 8, 25)
+  query_ids = rng.integers(0, 10, 40)  # ids 8, 9 are not in the gallery
+  got = evaluate.retrieval_metrics(similarity, query_ids, gallery_ids)
+  want, counted = _reference(similarity, query_ids, gallery_ids)
+  for key, value in want.items():
+    assert got[key] == pytest.approx(value, abs=1e-9), key
+  assert got['queries'] == counted and got['queries_without_match'] == 40 - counted
+
+
+def test_hand_worked_case():
+  gallery_ids = np.array([7, 3, 7, 5, 7])
+  similarity = np.array([
+      [0.9, 0.8, 0.1, 0.3, 0.2],  # person 7: ranks 1, 4, 5 -> AP (1 + 2/4 + 3/5)/3, INP 3/5
+      [0.1, 0.2, 0.3, 0.4, 0.5],  # person 3: rank 4 -> R1 0, R5 1, AP 1/4, INP 1/4
+      [0.5, 0.5, 0.5, 0.5, 0.5],  # person 5, all tied: gallery order, rank 4
+      [0.5, 0.5, 0.5, 0.5, 0.5],  # person 9: not in the gallery
+  ])
+  got = evaluate.retrieval_metrics(similarity, np.array([7, 3, 5, 9]), gallery_ids)
+  assert got['R1'] == pytest.approx(100 / 3) and got['R5'] == pytest.approx(100)
+  ap = ((1 + 2 / 4 + 3 / 5) / 3 + 1 / 4 + 1 / 4) / 3  # = 0.4
+  assert got['mAP'] == pytest.approx(100 * ap)
+  assert got['mINP'] == pytest.approx(100 * (3 / 5 + 1 / 4 + 1 / 4) / 3)
+  assert got['queries_without_match'] == 1
+  nobody = evaluate.retrieval_metrics(similarity[3:], np.array([9]), gallery_ids)
+  assert nobody['R1'] == 0 and nobody['queries'] == 0  # no division by zero
+
+
+@pytest.mark.parametrize('chunk', [4, 7, 64])
+def test_similarity_in_chunks_is_sim_ti(chunk):
+  rng = np.random.default_rng(0)
+  gallery = {'V_P': rng.normal(size=(9, 8)), 'V_L': rng.normal(size=(9, 3, 8))}
+  queries = {'T_P': rng.normal(size=(13, 8)), 'T_L': rng.normal(size=(13, 5, 8)),
+             'phrase_valid': np.arange(5) < rng.integers(0, 6, 13)[:, None]}
+  gallery = {k: v.astype(np.float32) for k, v in gallery.items()}
+  queries = {k: v if v.dtype == bool else v.astype(np.float32) for k, v in queries.items()}
+  got = evaluate.similarity(gallery, queries, 0.5, 0.25, chunk=chunk)
+  want = (np.asarray(losses.cosine_matrix(queries['T_P'], gallery['V_P']))
+          + 0.5 * np.asarray(heads.cross_attention_similarity(
+              gallery['V_L'], np.ones((9, 3), bool), queries['T_P'])).T
+          + 0.25 * np.asarray(heads.cross_attention_similarity(
+              queries['T_L'], queries['phrase_valid'], gallery['V_P'])))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  only_global = evaluate.similarity(gallery, queries, 0, 0, chunk=chunk)
+  np.testing.assert_allclose(only_global, losses.cosine_matrix(queries['T_P'], gallery['V_P']),
+                             rtol=1e-5, atol=1e-6)

@@ -1,0 +1,131 @@
+"""Training: frozen stage 1, exact resume after SIGTERM, 1 vs 2 devices, NaN stop, outputs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from dssl_jax import train
+from dssl_jax.errors import UserError
+from tests.helpers import tiny_train_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _leaves(tree):
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(jax.device_get(tree)), sep='/')
+
+
+def test_stage1_freezes_the_backbone_and_stage2_trains_it(tiny_dataset, tmp_path):
+  config = tiny_train_config(tiny_dataset[0])
+  trainer = train.Trainer(config, str(tmp_path))
+  state = trainer.initial_state()
+  before = _leaves({'params': state.params, 'batch_stats': state.batch_stats})
+  batch = trainer.global_batch(next(trainer.input.epoch(0)))
+  after1, _ = trainer.step_fn(1)(state, batch)
+  after1 = _leaves({'params': after1.params, 'batch_stats': after1.batch_stats})
+  for key, value in before.items():
+    if '/backbone/' in key:
+      np.testing.assert_array_equal(after1[key], value, err_msg=key)
+  assert not np.array_equal(after1['params/image_global/Dense_0/kernel'],
+                            before['params/image_global/Dense_0/kernel'])
+  state = trainer.initial_state()  # the first was donated
+  state = state.replace(opt_state=trainer._tx(2).init(state.params))
+  after2, _ = trainer.step_fn(2)(state, batch)
+  after2 = _leaves({'params': after2.params, 'batch_stats': after2.batch_stats})
+  assert not np.array_equal(after2['params/backbone/conv1/kernel'],
+                            before['params/backbone/conv1/kernel'])
+  assert not np.array_equal(after2['batch_stats/backbone/bn1/mean'],
+                            before['batch_stats/backbone/bn1/mean'])
+
+
+def test_stage1_step_has_no_backbone_backward_pass(tiny_dataset, tmp_path):
+  """The frozen backbone costs a forward pass only: stage 1 has far fewer FLOPs than stage 2."""
+  trainer = train.Trainer(tiny_train_config(tiny_dataset[0]), str(tmp_path))
+  state = trainer.initial_state()
+  batch = trainer.global_batch(next(trainer.input.epoch(0)))
+  states = {1: state, 2: state.replace(opt_state=trainer._tx(2).init(state.params))}
+  flops = {stage: trainer.step_fn(stage).lower(states[stage], batch).compile().cost_analysis()[
+      'flops'] for stage in (1, 2)}
+  assert flops[1] < 0.6 * flops[2], flops
+
+
+@pytest.mark.slow
+def test_sigterm_then_rerun_resumes_exactly(tiny_dataset, tmp_path, monkeypatch):
+  config = tiny_train_config(tiny_dataset[0])
+  reference = train.Trainer(config, str(tmp_path / 'straight')).train()
+
+  interrupted = train.Trainer(config, str(tmp_path / 'resumed'))
+  original_step_fn = interrupted.step_fn
+  def step_fn(stage):
+    fn = original_step_fn(stage)
+    def wrapped(state, batch):
+      out = fn(state, batch)
+      if int(out[0].step) == 23:  # mid stage 2, between checkpoints
+        os.kill(os.getpid(), signal.SIGTERM)
+      return out
+    return wrapped
+  monkeypatch.setattr(interrupted, 'step_fn', step_fn)
+  with pytest.raises(SystemExit, match='stopped by SIGTERM at step 23'):
+    interrupted.train()
+  assert interrupted.checkpoints.latest_step() == 23
+  resumed = train.Trainer(config, str(tmp_path / 'resumed')).train()
+  assert int(resumed.step) == int(reference.step) == 3 * interrupted.steps_per_epoch
+  want, got = _leaves(reference.params), _leaves(resumed.params)
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path,
+                                                                 monkeypatch):
+  config = tiny_train_config(tiny_dataset[0])
+  trainer = train.Trainer(config, str(tmp_path))
+  original_epoch = trainer.input.epoch
+  def poisoned(epoch):
+    for i, batch in enumerate(original_epoch(epoch)):
+      if epoch * trainer.steps_per_epoch + i >= 12:
+        batch = batch | {'image': np.full_like(batch['image'], np.nan)}
+      yield batch
+  monkeypatch.setattr(trainer.input, 'epoch', poisoned)
+  with pytest.raises(UserError, match=r'non-finite loss at step (14|15|20).*step 10\) is kept'):
+    trainer.train()
+  assert trainer.checkpoints.latest_step() == 10
+
+
+_ONE_STEP = """
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, {root!r})
+from dssl_jax import train
+from tests.helpers import tiny_config, tiny_train_config
+config = tiny_train_config(tiny_config({data_dir!r}))
+trainer = train.Trainer(config, {workdir!r})
+state = trainer.initial_state()
+state = state.replace(opt_state=trainer._tx(2).init(state.params))
+batch = next(trainer.input.epoch(0))
+state, metrics = trainer.step_fn(2)(state, trainer.global_batch(batch))
+leaves = jax.tree.leaves(jax.device_get(state.params))
+print(json.dumps({{'devices': jax.device_count(), 'loss': float(metrics['loss']),
+                  'params': [float(np.abs(x).sum()) for x in leaves[:40]]}}))
+"""
+
+
+def test_one_step_is_the_same_on_one_and_two_devices(tiny_dataset, tmp_path):
+  config, _ = tiny_dataset
+  results = []
+  for devices in (1, 2):
+    script = _ONE_STEP.format(root=ROOT, data_dir=config.data.data_dir,
+                              workdir=str(tmp_path / str(devices)))
+    out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                         env=os.environ | {'JAX_NUM_CPU_DEVICES': str(devices)}, cwd=ROOT,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+  assert [r['devices'] for r in results] == [1, 2]
+  assert results[1]['loss'] == pytest.approx(results[0]['loss'], rel=1e-5)
+  np.testing.assert_allclose(results[1]['params'], results[0]['params'], rtol=1e-5)
