@@ -13,4 +13,11 @@ def get_config():
   config.model.embed_dim = 256
   config.model.word_dim = 128
   config.model.gn_groups = 16
+  # No ImageNet weights here: the backbone learns from scratch, so stage 2 needs a higher rate.
+  config.train.stage1_epochs = 2
+  config.train.stage2_epochs = 12
+  config.train.stage2_lr = 1e-3
+  config.train.lr_decay_epochs = 8
+  config.train.log_every_steps = 29
+  config.train.checkpoint_every_steps = 300
   return config

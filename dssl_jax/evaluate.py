@@ -100,16 +100,19 @@ class Encoder:
       features = fn(variables, global_batch if len(inputs) > 1 else global_batch[inputs[0]])
       features = multihost_utils.process_allgather(features, tiled=True)
       valid = multihost_utils.process_allgather(batch['valid'], tiled=True)
-      extra = multihost_utils.process_allgather({k: batch[k] for k in keep}, tiled=True)
+      extra = multihost_utils.process_allgather(
+          {k: batch[k] for k in keep if batch[k].dtype != object}, tiled=True)
+      if jax.process_count() == 1:  # strings (paths, texts) cannot cross hosts: pictures only
+        extra |= {k: batch[k] for k in keep if batch[k].dtype == object}
       out.append({k: np.asarray(v)[valid] for k, v in (features | extra).items()})
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
   def gallery(self, variables, batches) -> dict:
-    return self._collect(self._image, variables, batches, ('image',), ('person_id',))
+    return self._collect(self._image, variables, batches, ('image',), ('person_id', 'file_path'))
 
   def queries(self, variables, batches) -> dict:
     return self._collect(self._text, variables, batches,
-                         ('tokens', 'token_mask', 'phrases', 'phrase_mask'), ('person_id',))
+                         ('tokens', 'token_mask', 'phrases', 'phrase_mask'), ('person_id', 'text'))
 
 
 def evaluate(encoder: Encoder, variables, config: ml_collections.ConfigDict, meta,

@@ -1,7 +1,8 @@
 """dssl_jax entry point: python -m dssl_jax.main --config configs/cuhk.py --workdir DIR [--mode].
 
 Modes: prepare (build the dataset named by the config; for synthetic, generate its raw data
-first); train (prepare, both training stages, then the test evaluation into WORKDIR/results.json).
+first); train (prepare, both training stages, then the test evaluation into WORKDIR/results.json);
+eval (the test evaluation of the best, else latest, checkpoint in WORKDIR).
 Bad input ends with one line on stderr and exit code 1.
 """
 import os
@@ -16,6 +17,7 @@ if _CPU_CONV_FLAG.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from dssl_jax.errors import UserError
@@ -24,7 +26,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/synthetic.py; '
                                 'override fields with --config.a.b=value.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for this run (checkpoints, logs, results).')
-flags.DEFINE_enum('mode', 'train', ['prepare', 'train'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['prepare', 'train', 'eval'], 'What to do.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -48,6 +50,8 @@ def run(config, workdir: str | None, mode: str):
       multihost_utils.sync_global_devices('dataset prepared')
   if mode == 'train':
     train.train_and_evaluate(config, workdir)
+  elif mode == 'eval':
+    train.evaluate_workdir(config, workdir)
 
 
 def _fail(message: str):
@@ -70,6 +74,8 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:  # our progress lines and warnings; --verbosity=0 for all
+    logging.set_verbosity(logging.WARNING)
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except UserError as e:
@@ -77,5 +83,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.FLAGS.set_default('verbosity', -1)  # warnings and our progress lines; --verbosity=0: all
   app.run(main, flags_parser=parse_flags)

@@ -100,3 +100,35 @@ def loss_curves(metrics_path: str, out_path: str):
   fig.tight_layout()
   fig.savefig(out_path, dpi=90)
   plt.close(fig)
+
+
+def retrieval_picture(out_path: str, similarity, query_texts, query_ids, gallery_paths,
+                      gallery_ids, image_root: str, queries=(0, 1, 2, 3), top_k: int = 5,
+                      thumb=(144, 48)):
+  """Like the paper's Figure 5: each query sentence and its top-k gallery images, true matches
+  framed in green, others in red."""
+  import textwrap  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  height, width = thumb
+  text_width, pad = 260, 6
+  row_height = height + 2 * pad
+  queries = [q for q in queries if q < len(query_texts)]
+  sheet = Image.new('RGB', (text_width + top_k * (width + pad) + pad, row_height * len(queries)),
+                    'white')
+  draw = ImageDraw.Draw(sheet)
+  for row, q in enumerate(queries):
+    y = row * row_height + pad
+    text = query_texts[q].decode() if isinstance(query_texts[q], bytes) else query_texts[q]
+    draw.multiline_text((pad, y), '\n'.join(textwrap.wrap(text, 44)[:12]), fill='black')
+    for k, g in enumerate(np.argsort(-similarity[q], kind='stable')[:top_k]):
+      x = text_width + k * (width + pad)
+      path = gallery_paths[g].decode() if isinstance(gallery_paths[g], bytes) else gallery_paths[g]
+      try:
+        with Image.open(os.path.join(image_root, path)) as image:
+          sheet.paste(image.convert('RGB').resize((width, height)), (x, y))
+      except OSError:
+        draw.text((x + 4, y + height // 2), 'missing', fill='gray')
+      colour = 'green' if gallery_ids[g] == query_ids[q] else 'red'
+      draw.rectangle([x - 2, y - 2, x + width + 1, y + height + 1], outline=colour, width=3)
+  sheet.save(out_path)

@@ -111,6 +111,17 @@ class Trainer:
     self._steps = {}
     self._stop = False
 
+  def close(self):
+    """Waits for pending saves and stops orbax's background threads."""
+    self.checkpoints.close()
+    self.best.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
   # ---------------------------------------------------------------- state
 
   def _tx(self, stage):
@@ -272,18 +283,61 @@ class Trainer:
           variables=ocp.args.StandardSave(variables),
           meta=ocp.args.JsonSave({'epoch': epoch + 1, **metrics})), force=True)
 
-  def evaluation_variables(self, state: TrainState) -> tuple[dict, str]:
-    """The best-on-val variables when there is a val split, else the final ones."""
-    best_step = self.best.latest_step()
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    if best_step is None:
-      return variables, f'the last checkpoint (step {int(state.step)})'
+  def evaluation_variables(self) -> tuple[dict, str]:
+    """The best-on-val variables when a val split picked one, else the latest checkpoint's; onto
+    this run's devices, whatever device count saved them."""
+    self.checkpoints.wait_until_finished()
     self.best.wait_until_finished()
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                           sharding=self.replicated), variables)
-    restored = self.best.restore(best_step, args=ocp.args.Composite(
-        variables=ocp.args.StandardRestore(abstract)))['variables']
-    return restored, f'the best checkpoint on val (step {best_step})'
+    try:
+      best_step = self.best.latest_step()
+      if best_step is not None:
+        abstract = self._abstract_state(2)
+        abstract = {'params': abstract.params, 'batch_stats': abstract.batch_stats}
+        restored = self.best.restore(best_step, args=ocp.args.Composite(
+            variables=ocp.args.StandardRestore(abstract)))['variables']
+        return restored, f'the best checkpoint on val (step {best_step})'
+      if self.checkpoints.latest_step() is None:
+        raise UserError(f'no checkpoint in {self.checkpoints.directory}: train first '
+                        '(--mode=train with the same --workdir)')
+      state, meta = self.restore()
+    except (ValueError, KeyError) as e:  # orbax's words for a tree of other names or shapes
+      raise UserError(f'the checkpoint in {self.workdir} does not fit the configured model '
+                      f'(config.model, dataset vocabulary or identities differ): '
+                      f'{str(e).splitlines()[0][:300]}') from None
+    return ({'params': state.params, 'batch_stats': state.batch_stats},
+            f'the last checkpoint (step {meta["step"]})')
+
+  def final_evaluation(self) -> dict:
+    """config.eval.split, plain and re-ranked, into WORKDIR/results.json, a table and a picture."""
+    from dssl_jax import rerank  # pylint: disable=g-import-not-at-top
+    from dssl_jax.data import builders  # pylint: disable=g-import-not-at-top
+    config, split = self.config, self.config.eval.split
+    variables, which = self.evaluation_variables()
+    start = time.time()
+    result = evaluate.evaluate(self.encoder, variables, config, self.meta, split)
+    metrics = dict(result['metrics'])
+    rows = {'DSSL': metrics}
+    if config.eval.rerank:
+      text_similarity = np.asarray(losses.cosine_matrix(result['queries']['T_P'],
+                                                        result['queries']['T_P']))
+      reranked = rerank.rerank(result['similarity'], text_similarity, config.eval.rerank_k1,
+                               config.eval.rerank_k_near)
+      metrics['rerank'] = evaluate.retrieval_metrics(reranked, result['queries']['person_id'],
+                                                     result['gallery']['person_id'])
+      rows['DSSL + RR'] = metrics['rerank']
+    seconds = time.time() - start
+    print(f'{split} split, {which}, {metrics["queries"]} queries, '
+          f'{len(result["gallery"]["person_id"])} images ({seconds:.1f}s):', flush=True)
+    print(reports.metrics_table(rows), flush=True)
+    if jax.process_index() == 0:
+      save_results(self.workdir, metrics, {'split': split, 'evaluated': which,
+                                           'eval_seconds': round(seconds, 1)})
+      reports.retrieval_picture(
+          os.path.join(self.workdir, f'retrieval_{split}.png'), result['similarity'],
+          result['queries']['text'], result['queries']['person_id'],
+          result['gallery']['file_path'], result['gallery']['person_id'],
+          os.path.join(builders.manual_dir(config.data), 'imgs'))
+    return metrics
 
 
 def save_results(workdir: str, metrics: dict, extra: dict | None = None):
@@ -295,15 +349,15 @@ def save_results(workdir: str, metrics: dict, extra: dict | None = None):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  trainer = Trainer(config, workdir)
-  start = time.time()
-  state = trainer.train()
-  variables, which = trainer.evaluation_variables(state)
-  result = evaluate.evaluate(trainer.encoder, variables, config, trainer.meta, config.eval.split)
-  metrics = result['metrics']
-  if jax.process_index() == 0:
-    save_results(workdir, metrics, {'split': config.eval.split, 'evaluated': which,
-                                    'train_seconds': round(time.time() - start, 1)})
-    reports.loss_curves(trainer.log.path, os.path.join(workdir, 'loss_curves.png'))
-  print(f'{config.eval.split} ({which}): ' + reports.metrics_line(metrics), flush=True)
-  return metrics
+  """--mode=train: both stages (or what is left of them), then the final evaluation."""
+  with Trainer(config, workdir) as trainer:
+    trainer.train()
+    if jax.process_index() == 0:
+      reports.loss_curves(trainer.log.path, os.path.join(trainer.workdir, 'loss_curves.png'))
+    return trainer.final_evaluation()
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """--mode=eval: the final evaluation of a trained workdir."""
+  with Trainer(config, workdir) as trainer:
+    return trainer.final_evaluation()

@@ -21,9 +21,10 @@ def _leaves(tree):
   return flax.traverse_util.flatten_dict(flax.core.unfreeze(jax.device_get(tree)), sep='/')
 
 
-def test_stage1_freezes_the_backbone_and_stage2_trains_it(tiny_dataset, tmp_path):
+def test_stage1_freezes_the_backbone_and_stage2_trains_it(tiny_dataset, tmp_path, request):
   config = tiny_train_config(tiny_dataset[0])
   trainer = train.Trainer(config, str(tmp_path))
+  request.addfinalizer(trainer.close)
   state = trainer.initial_state()
   before = _leaves({'params': state.params, 'batch_stats': state.batch_stats})
   batch = trainer.global_batch(next(trainer.input.epoch(0)))
@@ -44,9 +45,10 @@ def test_stage1_freezes_the_backbone_and_stage2_trains_it(tiny_dataset, tmp_path
                             before['batch_stats/backbone/bn1/mean'])
 
 
-def test_stage1_step_has_no_backbone_backward_pass(tiny_dataset, tmp_path):
+def test_stage1_step_has_no_backbone_backward_pass(tiny_dataset, tmp_path, request):
   """The frozen backbone costs a forward pass only: stage 1 has far fewer FLOPs than stage 2."""
   trainer = train.Trainer(tiny_train_config(tiny_dataset[0]), str(tmp_path))
+  request.addfinalizer(trainer.close)
   state = trainer.initial_state()
   batch = trainer.global_batch(next(trainer.input.epoch(0)))
   states = {1: state, 2: state.replace(opt_state=trainer._tx(2).init(state.params))}
@@ -56,11 +58,13 @@ def test_stage1_step_has_no_backbone_backward_pass(tiny_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_then_rerun_resumes_exactly(tiny_dataset, tmp_path, monkeypatch):
+def test_sigterm_then_rerun_resumes_exactly(tiny_dataset, tmp_path, monkeypatch, request):
   config = tiny_train_config(tiny_dataset[0])
-  reference = train.Trainer(config, str(tmp_path / 'straight')).train()
+  with train.Trainer(config, str(tmp_path / 'straight')) as trainer:
+    reference = trainer.train()
 
   interrupted = train.Trainer(config, str(tmp_path / 'resumed'))
+  request.addfinalizer(interrupted.close)
   original_step_fn = interrupted.step_fn
   def step_fn(stage):
     fn = original_step_fn(stage)
@@ -74,7 +78,8 @@ def test_sigterm_then_rerun_resumes_exactly(tiny_dataset, tmp_path, monkeypatch)
   with pytest.raises(SystemExit, match='stopped by SIGTERM at step 23'):
     interrupted.train()
   assert interrupted.checkpoints.latest_step() == 23
-  resumed = train.Trainer(config, str(tmp_path / 'resumed')).train()
+  with train.Trainer(config, str(tmp_path / 'resumed')) as trainer:
+    resumed = trainer.train()
   assert int(resumed.step) == int(reference.step) == 3 * interrupted.steps_per_epoch
   want, got = _leaves(reference.params), _leaves(resumed.params)
   for key in want:
@@ -82,9 +87,10 @@ def test_sigterm_then_rerun_resumes_exactly(tiny_dataset, tmp_path, monkeypatch)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path,
-                                                                 monkeypatch):
+                                                                 monkeypatch, request):
   config = tiny_train_config(tiny_dataset[0])
   trainer = train.Trainer(config, str(tmp_path))
+  request.addfinalizer(trainer.close)
   original_epoch = trainer.input.epoch
   def poisoned(epoch):
     for i, batch in enumerate(original_epoch(epoch)):
@@ -109,6 +115,7 @@ state = trainer.initial_state()
 state = state.replace(opt_state=trainer._tx(2).init(state.params))
 batch = next(trainer.input.epoch(0))
 state, metrics = trainer.step_fn(2)(state, trainer.global_batch(batch))
+trainer.close()
 leaves = jax.tree.leaves(jax.device_get(state.params))
 print(json.dumps({{'devices': jax.device_count(), 'loss': float(metrics['loss']),
                   'params': [float(np.abs(x).sum()) for x in leaves[:40]]}}))
@@ -129,3 +136,48 @@ def test_one_step_is_the_same_on_one_and_two_devices(tiny_dataset, tmp_path):
   assert [r['devices'] for r in results] == [1, 2]
   assert results[1]['loss'] == pytest.approx(results[0]['loss'], rel=1e-5)
   np.testing.assert_allclose(results[1]['params'], results[0]['params'], rtol=1e-5)
+
+
+_EVAL = """
+import json, sys
+sys.path.insert(0, {root!r})
+from dssl_jax import train
+from tests.helpers import tiny_config, tiny_train_config
+config = tiny_train_config(tiny_config({data_dir!r}))
+print(json.dumps(train.evaluate_workdir(config, {workdir!r})))
+"""
+
+
+@pytest.mark.slow
+def test_eval_from_checkpoint_in_a_fresh_process_on_two_devices(tiny_dataset, tmp_path):
+  config = tiny_train_config(tiny_dataset[0])
+  in_process = train.train_and_evaluate(config, str(tmp_path))
+  for name in ('results.json', 'config.json', 'metrics.jsonl', 'loss_curves.png',
+               'retrieval_test.png'):
+    assert os.path.isfile(tmp_path / name), name
+  assert os.listdir(tmp_path / 'tensorboard')
+  with open(tmp_path / 'results.json') as f:
+    saved = json.load(f)
+  assert set(saved) >= {'R1', 'R5', 'R10', 'mAP', 'mINP', 'rerank'}
+  script = _EVAL.format(root=ROOT, data_dir=config.data.data_dir, workdir=str(tmp_path))
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, cwd=ROOT,
+                       env=os.environ | {'JAX_NUM_CPU_DEVICES': '2'}, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  fresh = json.loads(out.stdout.strip().splitlines()[-1])
+  for key in ('R1', 'R5', 'R10', 'mAP', 'mINP'):
+    assert fresh[key] == pytest.approx(in_process[key], abs=1e-6), key
+    assert fresh['rerank'][key] == pytest.approx(in_process['rerank'][key], abs=1e-6), key
+
+
+def test_eval_without_checkpoint_or_with_another_model_is_one_clear_error(tiny_dataset,
+                                                                          tmp_path):
+  config = tiny_train_config(tiny_dataset[0])
+  with pytest.raises(UserError, match='no checkpoint in .*train first'):
+    train.evaluate_workdir(config, str(tmp_path))
+  config.train.stage1_epochs, config.train.stage2_epochs = 1, 0
+  with train.Trainer(config, str(tmp_path)) as trainer:
+    trainer.save(trainer.initial_state(), stage=1)
+  other = config.copy_and_resolve_references()
+  other.model.embed_dim = 64
+  with pytest.raises(UserError, match='does not fit the configured model'):
+    train.evaluate_workdir(other, str(tmp_path))
