@@ -326,8 +326,11 @@ class Trainer:
                                                      result['gallery']['person_id'])
       rows['DSSL + RR'] = metrics['rerank']
     seconds = time.time() - start
+    unmatched = metrics['queries_without_match']
     print(f'{split} split, {which}, {metrics["queries"]} queries, '
-          f'{len(result["gallery"]["person_id"])} images ({seconds:.1f}s):', flush=True)
+          f'{len(result["gallery"]["person_id"])} images ({seconds:.1f}s)'
+          + (f'; {unmatched} queries whose person has no gallery image were left out' if unmatched
+             else '') + ':', flush=True)
     print(reports.metrics_table(rows), flush=True)
     if jax.process_index() == 0:
       save_results(self.workdir, metrics, {'split': split, 'evaluated': which,

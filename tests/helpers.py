@@ -1,6 +1,4 @@
-"""Test helpers: small configs and random batches (no torch here: see conftest.py)."""
-import numpy as np
-
+"""Test helpers: small configs (no torch here: see conftest.py)."""
 from configs import synthetic as synthetic_config
 
 
@@ -24,29 +22,6 @@ def tiny_model_config():
   m = config.model
   m.depth, m.width, m.embed_dim, m.word_dim, m.gn_groups, m.num_strips = 18, 8, 32, 16, 4, 2
   return config
-
-
-def random_batch(config, vocab_size: int, num_classes: int, batch_size: int, seed: int = 0):
-  """A train batch of random pairs in the pipeline's format; ids repeat so some pairs share a
-  person; every caption has 1..n phrases, the rest padding."""
-  rng = np.random.default_rng(seed)
-  d = config.data
-  labels = rng.integers(0, num_classes, batch_size)
-  labels[1] = labels[0]
-  lengths = rng.integers(3, d.max_words + 1, batch_size)
-  token_mask = np.arange(d.max_words) < lengths[:, None]
-  n_phrases = rng.integers(1, d.max_phrases + 1, batch_size)
-  phrase_lengths = rng.integers(1, d.max_phrase_words + 1, (batch_size, d.max_phrases))
-  phrase_mask = ((np.arange(d.max_phrase_words) < phrase_lengths[..., None])
-                 & (np.arange(d.max_phrases) < n_phrases[:, None])[..., None])
-  return {
-      'image': rng.normal(size=(batch_size, *d.image_size, 3)).astype(np.float32),
-      'label': labels.astype(np.int32), 'person_id': (labels + 100).astype(np.int32),
-      'tokens': np.where(token_mask, rng.integers(1, vocab_size, token_mask.shape), 0
-                         ).astype(np.int32), 'token_mask': token_mask,
-      'phrases': np.where(phrase_mask, rng.integers(1, vocab_size, phrase_mask.shape), 0
-                          ).astype(np.int32), 'phrase_mask': phrase_mask,
-  }
 
 
 def tiny_train_config(config):

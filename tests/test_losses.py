@@ -10,7 +10,8 @@ import pytest
 from configs import base, synthetic
 from dssl_jax import losses
 from dssl_jax.models import dssl, heads
-from tests.helpers import random_batch, tiny_model_config
+from dssl_jax.data.pipeline import random_batch
+from tests.helpers import tiny_model_config
 
 
 def _cos(a, b):

@@ -6,7 +6,8 @@ import numpy as np
 
 from dssl_jax import losses
 from dssl_jax.models import dssl
-from tests.helpers import random_batch, tiny_model_config
+from dssl_jax.data.pipeline import random_batch
+from tests.helpers import tiny_model_config
 
 
 def _model(config):

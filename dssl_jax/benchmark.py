@@ -1,0 +1,159 @@
+"""Benchmarks that print figures (JSON lines): train steps, evaluation, input pipeline.
+
+  python -m dssl_jax.benchmark --config configs/cuhk.py --what train [--batch 8] [--reps 3]
+
+train: stage-1 and stage-2 step time on random data of the config's shapes (no dataset needed),
+compile time, FLOPs per step from XLA's cost analysis and the FLOP/s achieved. eval: gallery and
+query encoding rates, and Sim_TI + metrics + re-ranking on random features of CUHK-PEDES test size.
+input: the tf.data train pipeline alone (needs the built dataset). Warm-up excluded; medians.
+Set JAX_NUM_CPU_DEVICES=N to time N virtual CPU devices.
+"""
+import os
+
+from dssl_jax import main as _main  # sets XLA_FLAGS before jax is imported  # noqa: F401
+
+import functools  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import json
+import resource
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dssl_jax import evaluate, rerank, train
+from dssl_jax.data import pipeline
+from dssl_jax.models import dssl
+
+flags.DEFINE_enum('what', 'train', ['train', 'eval', 'input'], 'What to time.')
+flags.DEFINE_integer('batch', 0, 'Batch size (default: config.train.batch_size).')
+flags.DEFINE_integer('reps', 3, 'Timed repetitions after one warm-up.')
+flags.DEFINE_integer('vocab', 5000, 'Vocabulary size of the random data (CUHK-PEDES: ~5,000).')
+flags.DEFINE_integer('classes', 11003, 'Train identities (CUHK-PEDES: 11,003).')
+flags.DEFINE_integer('gallery', 3074, 'Gallery size for --what=eval (CUHK-PEDES test).')
+flags.DEFINE_integer('queries', 6156, 'Query count for --what=eval (CUHK-PEDES test).')
+FLAGS = flags.FLAGS
+
+
+def _peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _timed(fn, reps: int) -> float:
+  """Median seconds of `reps` calls after one warm-up; fn must block until done."""
+  fn()
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _emit(record: dict):
+  record |= {'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
+             'peak_rss_gb': round(_peak_rss_gb(), 2)}
+  print(json.dumps(record), flush=True)
+
+
+def _model(config):
+  return dssl.DSSL(ml_collections.FrozenConfigDict(config.model), FLAGS.vocab, FLAGS.classes)
+
+
+def bench_train(config, batch_size: int, reps: int):
+  model, mesh = _model(config), train.make_mesh()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  d = config.data
+  variables = dssl.init_variables(model, jax.random.PRNGKey(0), d.image_size, d.max_words,
+                                  d.max_phrases, d.max_phrase_words)
+  batch = jax.device_put(pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size),
+                         sharded)
+  params = sum(x.size for x in jax.tree.leaves(variables['params']))
+  for stage in (1, 2):
+    tx = train.make_optimizer(config, stage, steps_per_epoch=1000)
+    state = jax.device_put(train.TrainState(
+        jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
+        tx.init(variables['params']), jax.random.PRNGKey(1)), replicated)
+    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, config=config,
+                                     stage=stage), out_shardings=(replicated, replicated))
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
+    seconds = _timed(lambda: jax.block_until_ready(compiled(state, batch)), reps)
+    _emit({'what': f'train_stage{stage}', 'batch': batch_size, 'image_size': list(d.image_size),
+           'depth': config.model.depth, 'embed_dim': config.model.embed_dim, 'params': params,
+           'compile_s': round(compile_s, 1), 'step_s': round(seconds, 3),
+           'images_per_s': round(batch_size / seconds, 2),
+           'gflop_per_step': round(flops / 1e9, 1), 'achieved_gflops': round(flops / 1e9 / seconds,
+                                                                           1)})
+
+
+def bench_eval(config, batch_size: int, reps: int):
+  model, mesh = _model(config), train.make_mesh()
+  d = config.data
+  variables = dssl.init_variables(model, jax.random.PRNGKey(0), d.image_size, d.max_words,
+                                  d.max_phrases, d.max_phrase_words)
+  encoder = evaluate.Encoder(model, mesh)
+  batch = pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size) | {
+      'valid': np.ones(batch_size, bool), 'person_id': np.arange(batch_size)}
+  images = _timed(lambda: encoder.gallery(variables, [batch]), reps)
+  texts = _timed(lambda: encoder.queries(variables, [batch]), reps)
+  _emit({'what': 'eval_encode', 'batch': batch_size, 'images_per_s': round(batch_size / images, 1),
+         'queries_per_s': round(batch_size / texts, 1)})
+  rng = np.random.default_rng(0)
+  p, k, n = config.model.embed_dim, config.model.num_strips, d.max_phrases
+  gallery = {'V_P': rng.normal(size=(FLAGS.gallery, p)).astype(np.float32),
+             'V_L': rng.normal(size=(FLAGS.gallery, k, p)).astype(np.float32)}
+  queries = {'T_P': rng.normal(size=(FLAGS.queries, p)).astype(np.float32),
+             'T_L': rng.normal(size=(FLAGS.queries, n, p)).astype(np.float32),
+             'phrase_valid': np.arange(n) < rng.integers(1, n + 1, FLAGS.queries)[:, None]}
+  gallery_ids = np.arange(FLAGS.gallery) // 3
+  query_ids = rng.choice(gallery_ids, FLAGS.queries)
+  sim = None
+  def similarity():
+    nonlocal sim
+    sim = evaluate.similarity(gallery, queries, config.eval.lambda1, config.eval.lambda2)
+  sim_s = _timed(similarity, 1)
+  metrics_s = _timed(lambda: evaluate.retrieval_metrics(sim, query_ids, gallery_ids), 1)
+  texts_sim = queries['T_P'] @ queries['T_P'].T
+  rerank_s = _timed(lambda: rerank.rerank(sim, texts_sim, config.eval.rerank_k1,
+                                          config.eval.rerank_k_near), 1)
+  _emit({'what': 'eval_rank', 'gallery': FLAGS.gallery, 'queries': FLAGS.queries, 'embed_dim': p,
+         'similarity_s': round(sim_s, 2), 'metrics_s': round(metrics_s, 2),
+         'rerank_s': round(rerank_s, 2)})
+
+
+def bench_input(config, reps: int):
+  meta = pipeline.dataset_meta(config.data)
+  train_input = pipeline.TrainInput(config, meta)
+  counts = []
+  def one_epoch():
+    counts.append(sum(len(b['image']) for b in train_input.epoch(len(counts))))
+  seconds = _timed(one_epoch, reps)
+  _emit({'what': 'input', 'image_size': list(config.data.image_size),
+         'cache_decoded': config.data.cache_decoded, 'images_per_s': round(counts[-1] / seconds, 1),
+         'images_per_s_per_core': round(counts[-1] / seconds / os.cpu_count(), 1)})
+
+
+def main(argv):
+  del argv
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  config = FLAGS.config
+  batch = FLAGS.batch or config.train.batch_size
+  if FLAGS.what == 'train':
+    bench_train(config, batch, FLAGS.reps)
+  elif FLAGS.what == 'eval':
+    bench_eval(config, FLAGS.batch or config.eval.batch_size, FLAGS.reps)
+  else:
+    bench_input(config, FLAGS.reps)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_main.parse_flags)

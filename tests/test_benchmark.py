@@ -1,0 +1,29 @@
+"""The benchmark prints one JSON line per figure, with plausible values."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--config.data.image_size=(64,32)', '--config.model.depth=18', '--config.model.width=8',
+        '--config.model.embed_dim=32', '--config.model.word_dim=16', '--config.model.gn_groups=4',
+        '--config.data.max_words=10', '--config.data.max_phrases=4', '--vocab=50', '--classes=7']
+
+
+def _bench(*args):
+  out = subprocess.run([sys.executable, '-m', 'dssl_jax.benchmark',
+                        '--config=configs/synthetic.py', *TINY, *args], capture_output=True,
+                       text=True, cwd=ROOT, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
+
+
+def test_train_and_eval_figures():
+  stage1, stage2 = _bench('--what=train', '--batch=4', '--reps=1')
+  assert (stage1['what'], stage2['what']) == ('train_stage1', 'train_stage2')
+  for record in (stage1, stage2):
+    assert record['images_per_s'] > 0 and record['compile_s'] > 0 and record['peak_rss_gb'] > 0
+  assert stage1['gflop_per_step'] < stage2['gflop_per_step']  # no backbone backward in stage 1
+  encode, rank = _bench('--what=eval', '--batch=8', '--reps=1', '--gallery=30', '--queries=50')
+  assert encode['images_per_s'] > 0 and encode['queries_per_s'] > 0
+  assert (rank['gallery'], rank['queries']) == (30, 50) and rank['similarity_s'] >= 0
