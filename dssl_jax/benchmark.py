@@ -20,6 +20,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -84,7 +85,8 @@ def bench_train(config, batch_size: int, reps: int):
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-    flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
+    # XLA's cost analysis is of the per-device program: scale to the whole step.
+    flops = (compiled.cost_analysis() or {}).get('flops', float('nan')) * jax.device_count()
     seconds = _timed(lambda: jax.block_until_ready(compiled(state, batch)), reps)
     _emit({'what': f'train_stage{stage}', 'batch': batch_size, 'image_size': list(d.image_size),
            'depth': config.model.depth, 'embed_dim': config.model.embed_dim, 'params': params,
@@ -101,7 +103,8 @@ def bench_eval(config, batch_size: int, reps: int):
                                   d.max_phrases, d.max_phrase_words)
   encoder = evaluate.Encoder(model, mesh)
   batch = pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size) | {
-      'valid': np.ones(batch_size, bool), 'person_id': np.arange(batch_size)}
+      'valid': np.ones(batch_size, bool), 'person_id': np.arange(batch_size),
+      'file_path': np.full(batch_size, b'x.jpg', object), 'text': np.full(batch_size, b'x', object)}
   images = _timed(lambda: encoder.gallery(variables, [batch]), reps)
   texts = _timed(lambda: encoder.queries(variables, [batch]), reps)
   _emit({'what': 'eval_encode', 'batch': batch_size, 'images_per_s': round(batch_size / images, 1),
@@ -143,6 +146,7 @@ def bench_input(config, reps: int):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   config = FLAGS.config

@@ -54,7 +54,7 @@ def run(config, workdir: str | None, mode: str):
     train.evaluate_workdir(config, workdir)
 
 
-def _fail(message: str):
+def fail(message: str):
   print(f'error: {message}', file=sys.stderr)
   sys.exit(1)
 
@@ -64,11 +64,11 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e))
+    fail(str(e))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     while e.args and isinstance(e.args[0], Exception):  # ConfigDict wraps its KeyError
       e = e.args[0]
-    _fail('config override rejected: ' + ' '.join(str(e.args[0] if e.args else e).split()))
+    fail('config override rejected: ' + ' '.join(str(e.args[0] if e.args else e).split()))
 
 
 def main(argv):
@@ -79,7 +79,7 @@ def main(argv):
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except UserError as e:
-    _fail(str(e))
+    fail(str(e))
 
 
 if __name__ == '__main__':

@@ -86,10 +86,14 @@ def loss_curves(metrics_path: str, out_path: str):
     ax_val.plot([r['step'] for r in val], [r['val/R1'] for r in val], 'o-', color='tab:red',
                 label='val R1 (%)')
     ax_val.set_ylabel('val R1 (%)')
-    ax_val.legend(loc='upper right')
-  ax_total.legend(loc='upper left')
+    ax_val.legend(loc='lower right')
+  ax_total.legend(loc='lower left')
+  stage2 = [r['step'] for r in train if any(k.startswith('train/align') for k in r)]
+  if stage2:
+    ax_total.axvline(stage2[0], color='gray', linestyle=':', label='stage 2')
   names = sorted({k for r in train for k in r if k.startswith('train/') and k not in (
       'train/loss', 'train/lr')})
+  ax_terms.set_prop_cycle(color=plt.get_cmap('tab20').colors)
   for name in names:
     points = [(r['step'], r[name]) for r in train if name in r]
     ax_terms.plot(*zip(*points), label=name[len('train/'):])
@@ -132,3 +136,27 @@ def retrieval_picture(out_path: str, similarity, query_texts, query_ids, gallery
       colour = 'green' if gallery_ids[g] == query_ids[q] else 'red'
       draw.rectangle([x - 2, y - 2, x + width + 1, y + height + 1], outline=colour, width=3)
   sheet.save(out_path)
+
+
+def bar_chart(rows: dict, out_path: str, title: str = ''):
+  """Grouped bars of R1/R5/R10/mAP/mINP per row (an ablation table as a picture)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  keys = ('R1', 'R5', 'R10', 'mAP', 'mINP')
+  names = list(rows)
+  fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names) + 2), 4))
+  width = 0.8 / len(keys)
+  for j, key in enumerate(keys):
+    positions = np.arange(len(names)) + (j - len(keys) / 2 + 0.5) * width
+    bars = ax.bar(positions, [rows[n][key] for n in names], width, label=key)
+    if key == 'R1':
+      ax.bar_label(bars, fmt='%.1f', fontsize=7)
+  ax.set_xticks(np.arange(len(names)), names, rotation=20, ha='right', fontsize=8)
+  ax.set_ylabel('%')
+  ax.set_title(title)
+  ax.legend(ncol=5, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=90)
+  plt.close(fig)

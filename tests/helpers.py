@@ -1,5 +1,9 @@
-"""Test helpers: small configs (no torch here: see conftest.py)."""
+"""Test helpers: small configs and models (no torch here: see conftest.py)."""
+import jax
+import ml_collections
+
 from configs import synthetic as synthetic_config
+from dssl_jax.models import dssl
 
 
 def tiny_config(data_dir: str, identities: int = 30):
@@ -35,3 +39,11 @@ def tiny_train_config(config):
   t.stage1_epochs, t.stage2_epochs, t.lr_decay_epochs = 1, 2, 1
   t.log_every_steps, t.checkpoint_every_steps = 5, 10
   return config
+
+
+def init_model(config, vocab_size: int = 50, num_classes: int = 7, seed: int = 0):
+  """(model, variables) of config.model for the config's input shapes."""
+  model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), vocab_size, num_classes)
+  d = config.data
+  return model, dssl.init_variables(model, jax.random.key(seed), d.image_size, d.max_words,
+                                    d.max_phrases, d.max_phrase_words)

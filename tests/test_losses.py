@@ -2,7 +2,6 @@
 import itertools
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from configs import base, synthetic
 from dssl_jax import losses
 from dssl_jax.models import dssl, heads
 from dssl_jax.data.pipeline import random_batch
-from tests.helpers import tiny_model_config
+from tests.helpers import init_model, tiny_model_config
 
 
 def _cos(a, b):
@@ -90,13 +89,6 @@ def test_align4_and_align5_similarities_are_image_by_text():
         f['T_L'][j:j + 1], f['phrase_valid'][j:j + 1], f['V_P'][i:i + 1])[0, 0], rtol=1e-5)
 
 
-def _init(config, seed=0):
-  model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), 50, 7)
-  d = config.data
-  return dssl.init_variables(model, jax.random.key(seed), d.image_size, d.max_words,
-                             d.max_phrases, d.max_phrase_words)
-
-
 def _stage2(config, batch, variables):
   """Train-mode stage-2 loss; a model with fewer modules simply ignores the others' variables."""
   model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), 50, 7)
@@ -124,7 +116,7 @@ def _override(config, field, value):
 def test_every_switch_removes_its_terms_and_changes_the_loss():
   config = tiny_model_config()
   batch = random_batch(config, 50, 7, batch_size=6)
-  variables = _init(config)
+  variables = init_model(config)[1]
   total, terms = _stage2(config, batch, variables)
   assert set(terms) == {'id_V_G', 'id_T_G', 'id_V_P', 'id_T_P', 'id_V_R', 'id_T_R', 'align1',
                         'align2', 'align3', 'align4', 'align5', 'mec', 'sdm'}
@@ -138,16 +130,13 @@ def test_every_switch_removes_its_terms_and_changes_the_loss():
     assert _stage2(_override(config, field, value), batch, variables)[0] != pytest.approx(
         total, rel=1e-4), field
   concat = _override(config, 'model.spfm_fusion', 'concat')
-  assert _stage2(concat, batch, _init(concat))[0] != pytest.approx(total, rel=1e-4)
+  assert _stage2(concat, batch, init_model(concat)[1])[0] != pytest.approx(total, rel=1e-4)
   _, baseline_terms = _stage2(_override(config, 'model.baseline', True), batch, variables)
   assert set(baseline_terms) == {'id_V_G', 'id_T_G', 'align1'}
 
 
 def _loss_and_grad(config, batch, num_classes):
-  model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), 100, num_classes)
-  d = config.data
-  variables = dssl.init_variables(model, jax.random.key(0), d.image_size, d.max_words,
-                                  d.max_phrases, d.max_phrase_words)
+  model, variables = init_model(config, 100, num_classes)
 
   @jax.jit
   def loss_and_grad(params, batch_stats, batch, rng):

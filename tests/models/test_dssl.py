@@ -7,20 +7,14 @@ import numpy as np
 from dssl_jax import losses
 from dssl_jax.models import dssl
 from dssl_jax.data.pipeline import random_batch
-from tests.helpers import tiny_model_config
-
-
-def _model(config):
-  return dssl.DSSL(ml_collections.FrozenConfigDict(config.model), 50, 7)
+from tests.helpers import init_model, tiny_model_config
 
 
 def test_every_named_feature_with_its_shape():
   config = tiny_model_config()
   batch = random_batch(config, 50, 7, batch_size=3)
-  model = _model(config)
+  model, variables = init_model(config)
   d = config.data
-  variables = dssl.init_variables(model, jax.random.key(0), d.image_size, d.max_words,
-                                  d.max_phrases, d.max_phrase_words)
   f = jax.jit(model.apply, static_argnames='train')(variables, batch, train=False)
   p, k, n = config.model.embed_dim, config.model.num_strips, d.max_phrases
   for name in ('V_G', 'V_P', 'V_S', 'V_R', 'T_G', 'T_P', 'T_R'):
@@ -32,7 +26,8 @@ def test_every_named_feature_with_its_shape():
   np.testing.assert_array_equal(f['phrase_valid'], batch['phrase_mask'].any(-1))
   baseline = config.copy_and_resolve_references()
   baseline.model.baseline = True
-  fb = _model(baseline).apply(variables, batch, train=False)
+  fb = dssl.DSSL(ml_collections.FrozenConfigDict(baseline.model), 50, 7).apply(
+      variables, batch, train=False)
   assert 'V_S' not in fb and 'V_R' not in fb and 'T_R' not in fb
   np.testing.assert_array_equal(fb['V_P'], fb['V_G'])
   np.testing.assert_array_equal(fb['T_P'], fb['T_G'])
@@ -42,10 +37,7 @@ def test_every_named_feature_with_its_shape():
 def test_frozen_backbone_gets_no_gradient_and_keeps_bn_statistics():
   config = tiny_model_config()
   batch = random_batch(config, 50, 7, batch_size=4)
-  model = _model(config)
-  d = config.data
-  variables = dssl.init_variables(model, jax.random.key(0), d.image_size, d.max_words,
-                                  d.max_phrases, d.max_phrase_words)
+  model, variables = init_model(config)
 
   def grads_and_stats(frozen):
     def loss_fn(params):
