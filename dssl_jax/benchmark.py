@@ -20,7 +20,6 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -146,7 +145,7 @@ def bench_input(config, reps: int):
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
+  _main.quiet_logging()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   config = FLAGS.config

@@ -71,11 +71,16 @@ def parse_flags(argv):
     fail('config override rejected: ' + ' '.join(str(e.args[0] if e.args else e).split()))
 
 
+def quiet_logging():
+  """Our progress lines and warnings only (TFDS and orbax log a lot); --verbosity=0 for all."""
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:  # our progress lines and warnings; --verbosity=0 for all
-    logging.set_verbosity(logging.WARNING)
+  quiet_logging()
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except UserError as e:

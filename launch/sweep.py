@@ -104,6 +104,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS.sweep or not FLAGS.workdir:
     raise app.UsageError('--sweep and --workdir are required')
+  dssl_main.quiet_logging()
   extra = [a for a in sys.argv[1:] if a.startswith('--config.')]
   try:
     os.makedirs(FLAGS.workdir, exist_ok=True)
