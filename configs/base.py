@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   ev.batch_size = 64
   ev.lambda1 = 0.5  # Sim_TI weight of the CA term with visual parts
   ev.lambda2 = 0.5  # Sim_TI weight of the CA term with textual phrases
+  ev.image_to_text = False  # also rank the captions for each image (under 'image_to_text')
   ev.rerank = True  # also report cross-modal re-ranking (DSSL + RR, Table 6)
   ev.rerank_k1 = 10  # images re-ordered per query (not given by the paper)
   ev.rerank_k_near = 5  # nearest texts that vote (not given by the paper)

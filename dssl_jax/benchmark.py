@@ -25,17 +25,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dssl_jax import evaluate, rerank, train
+from dssl_jax import evaluate, rerank, search, train
 from dssl_jax.data import pipeline
 from dssl_jax.models import dssl
 
-flags.DEFINE_enum('what', 'train', ['train', 'eval', 'input'], 'What to time.')
+flags.DEFINE_enum('what', 'train', ['train', 'eval', 'input', 'search'], 'What to time.')
 flags.DEFINE_integer('batch', 0, 'Batch size (default: config.train.batch_size).')
 flags.DEFINE_integer('reps', 3, 'Timed repetitions after one warm-up.')
 flags.DEFINE_integer('vocab', 5000, 'Vocabulary size of the random data (CUHK-PEDES: ~5,000).')
 flags.DEFINE_integer('classes', 11003, 'Train identities (CUHK-PEDES: 11,003).')
 flags.DEFINE_integer('gallery', 3074, 'Gallery size for --what=eval (CUHK-PEDES test).')
 flags.DEFINE_integer('queries', 6156, 'Query count for --what=eval (CUHK-PEDES test).')
+flags.DEFINE_integer('index_size', 100_000, 'Indexed images for --what=search (random features).')
+flags.DEFINE_string('scratch', None, 'Folder for the temporary --what=search index.')
 FLAGS = flags.FLAGS
 
 
@@ -91,8 +93,8 @@ def bench_train(config, batch_size: int, reps: int):
            'depth': config.model.depth, 'embed_dim': config.model.embed_dim, 'params': params,
            'compile_s': round(compile_s, 1), 'step_s': round(seconds, 3),
            'images_per_s': round(batch_size / seconds, 2),
-           'gflop_per_step': round(flops / 1e9, 1), 'achieved_gflops': round(flops / 1e9 / seconds,
-                                                                           1)})
+           'gflop_per_step': float(f'{flops / 1e9:.4g}'),
+           'achieved_gflops': float(f'{flops / 1e9 / seconds:.4g}')})
 
 
 def bench_eval(config, batch_size: int, reps: int):
@@ -143,6 +145,42 @@ def bench_input(config, reps: int):
          'images_per_s_per_core': round(counts[-1] / seconds / os.cpu_count(), 1)})
 
 
+def bench_search(config, size: int, shard_size: int = 50_000):
+  """Query latency over `size` indexed images (random float16 features, as the index stores)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  p, k, n = config.model.embed_dim, config.model.num_strips, config.data.max_phrases
+  folder = tempfile.mkdtemp(prefix='dssl_search_', dir=FLAGS.scratch)
+  rng = np.random.default_rng(0)
+  try:
+    start, shards = time.perf_counter(), []
+    for number, first in enumerate(range(0, size, shard_size)):
+      count = min(shard_size, size - first)
+      name = f'shard_{number:05d}.npz'
+      v_l = rng.standard_normal((count, k, p), np.float32).astype(np.float16)
+      with open(os.path.join(folder, name), 'wb') as f:
+        np.savez(f, paths=np.array([f'{i:08d}.jpg' for i in range(first, first + count)]),
+                 V_P=rng.standard_normal((count, p), np.float32).astype(np.float16), V_L=v_l,
+                 V_L_gram=np.asarray(evaluate.gallery_gram(v_l.astype(np.float32))))
+      shards.append({'file': name, 'count': count, 'stale': []})
+    with open(os.path.join(folder, search.MANIFEST), 'w') as f:
+      json.dump({'fingerprint': {}, 'images': '', 'shards': shards}, f)
+    build_s = time.perf_counter() - start
+    index = search.Index(folder)
+    size_gb = sum(os.path.getsize(os.path.join(folder, s['file'])) for s in shards) / 2**30
+    for count in (1, 10):
+      queries = {'T_P': rng.standard_normal((count, p), np.float32),
+                 'T_L': rng.standard_normal((count, n, p), np.float32),
+                 'phrase_valid': np.arange(n) < rng.integers(1, n + 1, count)[:, None]}
+      run = lambda: search.search(index, queries, 10, config.eval.lambda1, config.eval.lambda2)
+      seconds = _timed(run, 1)
+      _emit({'what': 'search', 'index_size': size, 'queries': count, 'embed_dim': p,
+             'seconds': round(seconds, 2), 'index_gb': round(size_gb, 2),
+             'write_random_index_s': round(build_s, 1)})
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv):
   del argv
   _main.quiet_logging()
@@ -154,9 +192,12 @@ def main(argv):
     bench_train(config, batch, FLAGS.reps)
   elif FLAGS.what == 'eval':
     bench_eval(config, FLAGS.batch or config.eval.batch_size, FLAGS.reps)
+  elif FLAGS.what == 'search':
+    bench_search(config, FLAGS.index_size)
   else:
     bench_input(config, FLAGS.reps)
 
 
 if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
   app.run(main, flags_parser=_main.parse_flags)

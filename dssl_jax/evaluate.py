@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from dssl_jax.models.heads import cross_attention_similarity, l2_normalize
+from dssl_jax.models.heads import cross_attention_similarity, l2_normalize, part_gram
 
 GALLERY_FEATURES = ('V_P', 'V_L')
 QUERY_FEATURES = ('T_P', 'T_L', 'phrase_valid')
@@ -48,20 +48,33 @@ def retrieval_metrics(similarity: np.ndarray, query_ids: np.ndarray,
 
 @functools.partial(jax.jit, static_argnames=('lambda1', 'lambda2'))
 def _similarity_chunk(gallery: dict, queries: dict, lambda1: float, lambda2: float):
-  """Sim_TI [q, G] for a chunk of queries against the whole gallery."""
-  sim = l2_normalize(queries['T_P']) @ l2_normalize(gallery['V_P']).T
+  """Sim_TI [q, G] for a chunk of queries against the whole gallery (float16 features welcome)."""
+  gallery = {k: v.astype(jnp.float32) for k, v in gallery.items()}
+  v_p = gallery['V_P']
+  sim = l2_normalize(queries['T_P']) @ l2_normalize(v_p).T
   if lambda1:
     strips = jnp.ones(gallery['V_L'].shape[:2], bool)
-    sim += lambda1 * cross_attention_similarity(gallery['V_L'], strips, queries['T_P']).T
+    sim += lambda1 * cross_attention_similarity(gallery['V_L'], strips, queries['T_P'],
+                                                gallery['V_L_gram']).T
   if lambda2:
-    sim += lambda2 * cross_attention_similarity(queries['T_L'], queries['phrase_valid'],
-                                                gallery['V_P'])
+    sim += lambda2 * cross_attention_similarity(queries['T_L'], queries['phrase_valid'], v_p)
   return sim
+
+
+gallery_gram = jax.jit(part_gram)
 
 
 def similarity(gallery: dict, queries: dict, lambda1: float = 0.5, lambda2: float = 0.5,
                chunk: int = 256) -> np.ndarray:
-  """Sim_TI [Q, G] of every query (text) against every gallery image, `chunk` queries at a time."""
+  """Sim_TI [Q, G] of every query (text) against every gallery image, `chunk` queries at a time.
+
+  gallery: V_P, V_L (and V_L_gram = part_gram(V_L), else computed here, once).
+  """
+  gallery = dict(gallery)
+  if lambda1 and 'V_L_gram' not in gallery:
+    gallery['V_L_gram'] = gallery_gram(jnp.asarray(gallery['V_L'], jnp.float32))
+  elif not lambda1:
+    gallery.pop('V_L_gram', None)
   count = len(queries['T_P'])
   rows = []
   for start in range(0, count, chunk):

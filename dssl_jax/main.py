@@ -27,7 +27,6 @@ config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/synth
                                 'override fields with --config.a.b=value.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder for this run (checkpoints, logs, results).')
 flags.DEFINE_enum('mode', 'train', ['prepare', 'train', 'eval'], 'What to do.')
-flags.mark_flags_as_required(['config'])
 
 
 def run(config, workdir: str | None, mode: str):
@@ -88,4 +87,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
   app.run(main, flags_parser=parse_flags)

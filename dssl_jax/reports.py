@@ -11,12 +11,9 @@ class MetricLog:
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.tensorboard = os.path.join(workdir, 'tensorboard')
     self.enabled = jax.process_index() == 0
-    self._writer = None
-    if self.enabled:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      self._tf = tf
-      self._writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+    self._writer = None  # created on the first write
 
   def write(self, step: int, values: dict, prefix: str = ''):
     if not self.enabled:
@@ -24,9 +21,12 @@ class MetricLog:
     scalars = {prefix + k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
     with open(self.path, 'a') as f:
       f.write(json.dumps({'step': step, **scalars}) + '\n')
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(self.tensorboard)
     with self._writer.as_default():
       for name, value in scalars.items():
-        self._tf.summary.scalar(name, value, step=step)
+        tf.summary.scalar(name, value, step=step)
     self._writer.flush()
 
 
@@ -106,36 +106,46 @@ def loss_curves(metrics_path: str, out_path: str):
   plt.close(fig)
 
 
-def retrieval_picture(out_path: str, similarity, query_texts, query_ids, gallery_paths,
-                      gallery_ids, image_root: str, queries=(0, 1, 2, 3), top_k: int = 5,
-                      thumb=(144, 48)):
-  """Like the paper's Figure 5: each query sentence and its top-k gallery images, true matches
-  framed in green, others in red."""
+def contact_sheet(out_path: str, texts, path_lists, image_root: str, matches=None,
+                  thumb=(144, 48)):
+  """One row per text: the sentence, then its images left to right; with `matches`, each image
+  is framed green (a true match) or red."""
   import textwrap  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
   height, width = thumb
   text_width, pad = 260, 6
+  columns = max((len(paths) for paths in path_lists), default=1)
   row_height = height + 2 * pad
-  queries = [q for q in queries if q < len(query_texts)]
-  sheet = Image.new('RGB', (text_width + top_k * (width + pad) + pad, row_height * len(queries)),
-                    'white')
+  sheet = Image.new('RGB', (text_width + columns * (width + pad) + pad,
+                            row_height * max(len(texts), 1)), 'white')
   draw = ImageDraw.Draw(sheet)
-  for row, q in enumerate(queries):
+  for row, (text, paths) in enumerate(zip(texts, path_lists)):
     y = row * row_height + pad
-    text = query_texts[q].decode() if isinstance(query_texts[q], bytes) else query_texts[q]
+    text = text.decode() if isinstance(text, bytes) else text
     draw.multiline_text((pad, y), '\n'.join(textwrap.wrap(text, 44)[:12]), fill='black')
-    for k, g in enumerate(np.argsort(-similarity[q], kind='stable')[:top_k]):
+    for k, path in enumerate(paths):
       x = text_width + k * (width + pad)
-      path = gallery_paths[g].decode() if isinstance(gallery_paths[g], bytes) else gallery_paths[g]
+      path = path.decode() if isinstance(path, bytes) else path
       try:
         with Image.open(os.path.join(image_root, path)) as image:
           sheet.paste(image.convert('RGB').resize((width, height)), (x, y))
       except OSError:
         draw.text((x + 4, y + height // 2), 'missing', fill='gray')
-      colour = 'green' if gallery_ids[g] == query_ids[q] else 'red'
-      draw.rectangle([x - 2, y - 2, x + width + 1, y + height + 1], outline=colour, width=3)
+      if matches is not None:
+        colour = 'green' if matches[row][k] else 'red'
+        draw.rectangle([x - 2, y - 2, x + width + 1, y + height + 1], outline=colour, width=3)
   sheet.save(out_path)
+
+
+def retrieval_picture(out_path: str, similarity, query_texts, query_ids, gallery_paths,
+                      gallery_ids, image_root: str, queries=(0, 1, 2, 3), top_k: int = 5):
+  """Like the paper's Figure 5: a few queries and their top-k gallery images, true matches green."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  queries = [q for q in queries if q < len(query_texts)]
+  tops = [np.argsort(-similarity[q], kind='stable')[:top_k] for q in queries]
+  contact_sheet(out_path, [query_texts[q] for q in queries],
+                [[gallery_paths[g] for g in top] for top in tops], image_root,
+                [[gallery_ids[g] == query_ids[q] for g in top] for q, top in zip(queries, tops)])
 
 
 def bar_chart(rows: dict, out_path: str, title: str = ''):

@@ -55,14 +55,19 @@ def backbone_labels(params) -> Any:
           for k, v in params.items()}
 
 
-def make_optimizer(config, stage: int, steps_per_epoch: int) -> optax.GradientTransformation:
+def stage2_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """lr 2e-4, divided by 10 every 10 epochs (config.train), counted from stage 2's first step."""
   t = config.train
+  decays = range(1, -(-t.stage2_epochs // t.lr_decay_epochs))  # boundaries inside stage 2
+  return optax.piecewise_constant_schedule(
+      t.stage2_lr, {k * t.lr_decay_epochs * steps_per_epoch: t.lr_decay_factor for k in decays})
+
+
+def make_optimizer(config, stage: int, steps_per_epoch: int) -> optax.GradientTransformation:
   if stage == 1:
-    return optax.partition({'trainable': optax.adam(t.stage1_lr), 'frozen': optax.set_to_zero()},
-                           backbone_labels)
-  boundaries = {k * t.lr_decay_epochs * steps_per_epoch: t.lr_decay_factor
-                for k in range(1, max(t.stage2_epochs - 1, 0) // max(t.lr_decay_epochs, 1) + 1)}
-  return optax.adam(optax.piecewise_constant_schedule(t.stage2_lr, boundaries))
+    return optax.partition({'trainable': optax.adam(config.train.stage1_lr),
+                            'frozen': optax.set_to_zero()}, backbone_labels)
+  return optax.adam(stage2_schedule(config, steps_per_epoch))
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, config, stage: int):
@@ -89,16 +94,17 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config, stage: int)
 class Trainer:
   """Holds what one run needs: model, mesh, compiled steps, checkpoints, logs."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               meta: pipeline.DatasetMeta | None = None):
+    """`meta` defaults to the built dataset's; inference without the dataset passes the one saved
+    in the workdir (see `load_meta`)."""
     self.config, self.workdir = config, os.path.abspath(workdir)
-    self.meta = pipeline.dataset_meta(config.data)
+    self.meta = meta or pipeline.dataset_meta(config.data)
     self.model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), self.meta.vocab_size,
                            self.meta.num_train_identities)
     self.mesh = make_mesh()
     self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self.data_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data'))
-    self.input = pipeline.TrainInput(config, self.meta, jax.process_index(), jax.process_count())
-    self.steps_per_epoch = self.input.steps_per_epoch
     self.total_epochs = config.train.stage1_epochs + config.train.stage2_epochs
     self.encoder = evaluate.Encoder(self.model, self.mesh)
     options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True)
@@ -110,6 +116,14 @@ class Trainer:
     self.log = reports.MetricLog(self.workdir)
     self._steps = {}
     self._stop = False
+
+  @functools.cached_property
+  def input(self) -> pipeline.TrainInput:
+    return pipeline.TrainInput(self.config, self.meta, jax.process_index(), jax.process_count())
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.input.steps_per_epoch
 
   def close(self):
     """Waits for pending saves and stops orbax's background threads."""
@@ -133,10 +147,11 @@ class Trainer:
                                d.max_phrase_words)
 
   def _abstract_state(self, stage: int) -> TrainState:
+    tx = make_optimizer(self.config, stage, steps_per_epoch=1)  # the state's structure only
     def build():
       variables = self._initial_variables(jax.random.PRNGKey(0))
       return TrainState(jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
-                        self._tx(stage).init(variables['params']), jax.random.PRNGKey(0))
+                        tx.init(variables['params']), jax.random.PRNGKey(0))
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated),
                         jax.eval_shape(build))
 
@@ -196,6 +211,9 @@ class Trainer:
     """Runs (or resumes) both stages; returns the final state."""
     with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
       f.write(self.config.to_json_best_effort(indent=2))
+    with open(os.path.join(self.workdir, META_FILE), 'w') as f:  # for inference without data
+      json.dump({'vocabulary': self.meta.vocabulary,
+                 'num_train_identities': self.meta.num_train_identities}, f)
     if self.checkpoints.latest_step() is not None:
       state, meta = self.restore()
       print(f'resuming from step {meta["step"]} (stage {meta["stage"]})', flush=True)
@@ -261,11 +279,10 @@ class Trainer:
     print(timer.line(step, epoch, self.total_epochs, stage, values), flush=True)
 
   def _learning_rate(self, step, stage):
-    t = self.config.train
     if stage == 1:
-      return t.stage1_lr
-    epochs_in_stage2 = (step - 1) // self.steps_per_epoch - t.stage1_epochs
-    return t.stage2_lr * t.lr_decay_factor**(max(epochs_in_stage2, 0) // t.lr_decay_epochs)
+      return self.config.train.stage1_lr
+    stage1_steps = self.config.train.stage1_epochs * self.steps_per_epoch
+    return stage2_schedule(self.config, self.steps_per_epoch)(step - 1 - stage1_steps)
 
   def _end_of_epoch(self, state, epoch):
     """Val evaluation; the best checkpoint is chosen on val, never on test."""
@@ -325,6 +342,10 @@ class Trainer:
       metrics['rerank'] = evaluate.retrieval_metrics(reranked, result['queries']['person_id'],
                                                      result['gallery']['person_id'])
       rows['DSSL + RR'] = metrics['rerank']
+    if config.eval.image_to_text:
+      metrics['image_to_text'] = evaluate.retrieval_metrics(
+          result['similarity'].T, result['gallery']['person_id'], result['queries']['person_id'])
+      rows['image to text'] = metrics['image_to_text']
     seconds = time.time() - start
     unmatched = metrics['queries_without_match']
     print(f'{split} split, {which}, {metrics["queries"]} queries, '
@@ -341,6 +362,23 @@ class Trainer:
           result['gallery']['file_path'], result['gallery']['person_id'],
           os.path.join(builders.manual_dir(config.data), 'imgs'))
     return metrics
+
+
+META_FILE = 'vocabulary.json'
+
+
+def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, pipeline.DatasetMeta]:
+  """The config and the vocabulary a run was trained with, from its workdir alone."""
+  paths = [os.path.join(workdir, name) for name in ('config.json', META_FILE)]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise UserError(f'{missing[0]} not found: --workdir must be a trained dssl_jax workdir')
+  with open(paths[0]) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  config.data.image_size = tuple(config.data.image_size)
+  with open(paths[1]) as f:
+    saved = json.load(f)
+  return config, pipeline.DatasetMeta(saved['vocabulary'], saved['num_train_identities'], {}, ())
 
 
 def save_results(workdir: str, metrics: dict, extra: dict | None = None):

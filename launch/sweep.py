@@ -116,4 +116,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
   app.run(main, flags_parser=dssl_main.parse_flags)

@@ -38,6 +38,7 @@ def tiny_train_config(config):
   t = config.train
   t.stage1_epochs, t.stage2_epochs, t.lr_decay_epochs = 1, 2, 1
   t.log_every_steps, t.checkpoint_every_steps = 5, 10
+  config.eval.image_to_text = True
   return config
 
 

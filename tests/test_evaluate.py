@@ -79,3 +79,12 @@ def test_similarity_in_chunks_is_sim_ti(chunk):
   only_global = evaluate.similarity(gallery, queries, 0, 0, chunk=chunk)
   np.testing.assert_allclose(only_global, losses.cosine_matrix(queries['T_P'], gallery['V_P']),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_image_to_text_ranks_the_captions_of_each_image():
+  similarity = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.6]])  # 3 captions x 2 images
+  caption_ids, image_ids = np.array([1, 2, 2]), np.array([1, 2])
+  got = evaluate.retrieval_metrics(similarity.T, image_ids, caption_ids)
+  # Image 1: captions by score 0 (id 1), 2, 1 -> hit at rank 1. Image 2: 1 (id 2), 2 (id 2), 0.
+  assert got['R1'] == 100 and got['queries'] == 2
+  assert got['mAP'] == pytest.approx(100 * (1 + (1 + 1) / 2) / 2)

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs import base
 from dssl_jax import train
 from dssl_jax.errors import UserError
 from tests.helpers import tiny_train_config
@@ -19,6 +20,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _leaves(tree):
   return flax.traverse_util.flatten_dict(flax.core.unfreeze(jax.device_get(tree)), sep='/')
+
+
+def test_stage2_learning_rate_is_divided_by_10_every_10_epochs():
+  schedule = train.stage2_schedule(base.get_config(), steps_per_epoch=100)
+  rates = [float(schedule(step)) for step in (0, 999, 1000, 1999, 2000, 2999)]
+  np.testing.assert_allclose(rates, [2e-4, 2e-4, 2e-5, 2e-5, 2e-6, 2e-6], rtol=1e-6)
 
 
 def test_stage1_freezes_the_backbone_and_stage2_trains_it(tiny_dataset, tmp_path, request):
@@ -107,6 +114,7 @@ _ONE_STEP = """
 import json, sys
 import jax, numpy as np
 sys.path.insert(0, {root!r})
+from configs import base
 from dssl_jax import train
 from tests.helpers import tiny_config, tiny_train_config
 config = tiny_train_config(tiny_config({data_dir!r}))
@@ -141,6 +149,7 @@ def test_one_step_is_the_same_on_one_and_two_devices(tiny_dataset, tmp_path):
 _EVAL = """
 import json, sys
 sys.path.insert(0, {root!r})
+from configs import base
 from dssl_jax import train
 from tests.helpers import tiny_config, tiny_train_config
 config = tiny_train_config(tiny_config({data_dir!r}))
@@ -158,7 +167,7 @@ def test_eval_from_checkpoint_in_a_fresh_process_on_two_devices(tiny_dataset, tm
   assert os.listdir(tmp_path / 'tensorboard')
   with open(tmp_path / 'results.json') as f:
     saved = json.load(f)
-  assert set(saved) >= {'R1', 'R5', 'R10', 'mAP', 'mINP', 'rerank'}
+  assert set(saved) >= {'R1', 'R5', 'R10', 'mAP', 'mINP', 'rerank', 'image_to_text'}
   script = _EVAL.format(root=ROOT, data_dir=config.data.data_dir, workdir=str(tmp_path))
   out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, cwd=ROOT,
                        env=os.environ | {'JAX_NUM_CPU_DEVICES': '2'}, timeout=600)

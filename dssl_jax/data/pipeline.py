@@ -163,14 +163,26 @@ class TrainInput:
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def _padded_batches(ds: tf.data.Dataset, batch_size: int) -> Iterator[dict]:
-  """Fixed-shape batches (for jit): the last one is padded; `valid` marks the real entries."""
+def pad_batch(batch: dict, batch_size: int) -> dict:
+  """A fixed-shape batch (for jit): short batches repeat their last entry; `valid` marks the
+  real entries."""
+  n = len(next(iter(batch.values())))
+  padded = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)])
+            for k, v in batch.items()}
+  padded['valid'] = np.arange(batch_size) < n
+  return padded
+
+
+def padded_batches(ds: tf.data.Dataset, batch_size: int) -> Iterator[dict]:
   for batch in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-    n = len(next(iter(batch.values())))
-    batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)])
-             for k, v in batch.items()}  # padding repeats the last entry
-    batch['valid'] = np.arange(batch_size) < n
-    yield batch
+    yield pad_batch(batch, batch_size)
+
+
+def padded_batches_of(arrays: dict, batch_size: int) -> Iterator[dict]:
+  """The same from numpy arrays already in memory."""
+  count = len(next(iter(arrays.values())))
+  for start in range(0, count, batch_size):
+    yield pad_batch({k: v[start:start + batch_size] for k, v in arrays.items()}, batch_size)
 
 
 def gallery(config, split: str, process_index: int = 0, process_count: int = 1):
@@ -180,7 +192,7 @@ def gallery(config, split: str, process_index: int = 0, process_count: int = 1):
       lambda ex: {'image': normalize(decode_and_resize(ex['image'], d.image_size)),
                   'person_id': tf.cast(ex['person_id'], tf.int32), 'file_path': ex['file_path']},
       num_parallel_calls=tf.data.AUTOTUNE)
-  return _padded_batches(ds, config.eval.batch_size)
+  return padded_batches(ds, config.eval.batch_size)
 
 
 def queries(config, meta: DatasetMeta, split: str, process_index: int = 0,
@@ -191,7 +203,7 @@ def queries(config, meta: DatasetMeta, split: str, process_index: int = 0,
   ds = ds.flat_map(lambda ex: tf.data.Dataset.from_tensor_slices(ex['captions']).map(
       lambda caption: {'person_id': tf.cast(ex['person_id'], tf.int32), 'text': caption['text'],
                        **encoder(caption)}))
-  return _padded_batches(ds, config.eval.batch_size)
+  return padded_batches(ds, config.eval.batch_size)
 
 
 def random_batch(config, vocab_size: int, num_classes: int, batch_size: int, seed: int = 0):

@@ -96,7 +96,7 @@ def load_annotations(name: str, manual_dir: str) -> list:
   return entries
 
 
-def _check_image(path: str) -> str | None:
+def check_image(path: str) -> str | None:
   """None if the file decodes as an image, else why not."""
   if not os.path.isfile(path):
     return 'missing image'
@@ -137,7 +137,7 @@ def read_records(name: str, manual_dir: str, phrase_extractor: Callable[[Sequenc
     if not isinstance(texts, list):
       summary.skip(where, 'no captions', strict)
       continue
-    problem = _check_image(os.path.join(manual_dir, IMAGE_FOLDER, file))
+    problem = check_image(os.path.join(manual_dir, IMAGE_FOLDER, file))
     if problem:
       summary.skip(where, problem, strict)
       continue

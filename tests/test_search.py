@@ -1,0 +1,120 @@
+"""Index a folder (with a corrupt and a later-added file), query it, and every bad input."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dssl_jax import evaluate, search, train
+from dssl_jax.data import builders
+from dssl_jax.errors import UserError
+from tests.helpers import tiny_config, tiny_train_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A tiny model that has learned 6 train identities, and a folder of their 18 images."""
+  config = tiny_train_config(tiny_config(str(tmp_path_factory.mktemp('tfds')), identities=8))
+  builders.prepare(config.data)
+  t = config.train
+  t.stage1_epochs, t.stage2_epochs, t.stage2_lr, t.lr_decay_epochs = 1, 40, 2e-3, 100
+  t.eval_every_epochs = 1000  # a 1-person val split cannot pick a best epoch: use the last
+  workdir = str(tmp_path_factory.mktemp('run'))
+  with train.Trainer(config, workdir) as trainer:
+    trainer.train()
+  raw = builders.manual_dir(config.data)
+  with open(os.path.join(raw, 'reid_raw.json')) as f:
+    entries = [e for e in json.load(f) if e['split'] == 'train']
+  images = tmp_path_factory.mktemp('images')
+  for e in entries[:-3]:  # the last three come later
+    shutil.copy(os.path.join(raw, 'imgs', e['file_path']), images)
+  (images / 'corrupt.jpg').write_bytes(b'\xff\xd8 not a jpeg')
+  return workdir, images, entries, raw
+
+
+def test_index_query_incremental(trained, tmp_path, capsys):
+  workdir, images, entries, raw = trained
+  searcher = search.Searcher(workdir)
+  folder = str(tmp_path / 'index')
+  counts = search.build_index(searcher, str(images), folder, shard_size=6)
+  assert counts == {'found': len(entries) - 2, 'encoded': len(entries) - 3, 'unreadable': 1,
+                    'indexed': len(entries) - 3}
+  assert 'unreadable, skipped: corrupt.jpg' in capsys.readouterr().out
+  index = search.Index(folder)
+  assert [s['count'] for s in index.manifest['shards']] == [6, 6, 3]
+
+  # Later: three new files and one changed file; only those are encoded.
+  for e in entries[-3:]:
+    shutil.copy(os.path.join(raw, 'imgs', e['file_path']), images)
+  changed = images / os.path.basename(entries[0]['file_path'])
+  os.utime(changed, (1e9, 1e9))
+  counts = search.build_index(searcher, str(images), folder, shard_size=6)
+  assert counts == {'found': len(entries) + 1, 'encoded': 4, 'unreadable': 1,
+                    'indexed': len(entries)}
+  index = search.Index(folder)
+  assert index.manifest['shards'][0]['stale'] == [0]
+
+  # Exact streaming top-K: the same as scoring every (current) image at once.
+  people = entries[::3]  # one image of each of the 6 people
+  texts = [e['captions'][1] for e in people]
+  queries, unknown = searcher.encode_queries(texts)
+  e = searcher.config.eval
+  results = search.search(index, queries, 5, e.lambda1, e.lambda2)
+  paths, v_p, v_l = [], [], []
+  for shard_paths, features, valid in index.shards():
+    paths += list(shard_paths[valid])
+    v_p.append(features['V_P'][valid].astype(np.float32))
+    v_l.append(features['V_L'][valid].astype(np.float32))
+  assert sorted(paths) == sorted(os.path.basename(e['file_path']) for e in entries)
+  full = evaluate.similarity({'V_P': np.concatenate(v_p), 'V_L': np.concatenate(v_l)}, queries,
+                             e.lambda1, e.lambda2)
+  for q, hits in enumerate(results):
+    want = np.sort(full[q])[::-1][:5]
+    np.testing.assert_allclose([s for _, s in hits], want, rtol=1e-5)
+  # A caption of a known person finds that person first.
+  top_person = [int(hits[0][0][1:6]) for hits in results]  # synthetic/p00007_2.jpg -> 7
+  assert sum(t == e['id'] for t, e in zip(top_person, people)) >= 5, (top_person, results)
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, '-m', 'dssl_jax.search', *args], capture_output=True,
+                        text=True, cwd=ROOT, timeout=600)
+
+
+def test_command_line_and_bad_input(trained, tmp_path):
+  workdir, images, entries, _ = trained
+  folder = str(tmp_path / 'index')
+  missing = _cli('query', f'--workdir={workdir}', f'--index={folder}', 'a man')
+  assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1].startswith(
+      f'error: no index in {folder}')
+  built = _cli('index', f'--workdir={workdir}', f'--images={images}', f'--index={folder}')
+  assert built.returncode == 0, built.stderr[-2000:]
+  query = _cli('query', f'--workdir={workdir}', f'--index={folder}', '--json', '--top=3',
+               entries[0]['captions'][0], 'a woman in a zzzq coat')
+  assert query.returncode == 0, query.stderr[-2000:]
+  first, second = [json.loads(line) for line in query.stdout.splitlines()]
+  assert len(first['results']) == 3 and second['unknown_words'] == ['zzzq']
+  assert os.path.getsize(os.path.join(folder, 'query_results.png')) > 1000
+  for text, message in (('   ', 'is empty'), ('zzzq qqqz', 'no word of the training vocabulary')):
+    out = _cli('query', f'--workdir={workdir}', f'--index={folder}', text)
+    assert out.returncode == 1 and 'Traceback' not in out.stderr
+    assert message in out.stderr.strip().splitlines()[-1]
+  with open(os.path.join(folder, search.MANIFEST)) as f:
+    manifest = json.load(f)
+  manifest['fingerprint']['vocabulary'] += 1  # as if made by another model
+  with open(os.path.join(folder, search.MANIFEST), 'w') as f:
+    json.dump(manifest, f)
+  out = _cli('query', f'--workdir={workdir}', f'--index={folder}', 'a man')
+  assert out.returncode == 1 and 'made with another model or vocabulary' in out.stderr
+  out = _cli('query', f'--workdir={tmp_path}', f'--index={folder}', 'a man')
+  assert out.returncode == 1 and 'must be a trained dssl_jax workdir' in out.stderr
+
+
+def test_searcher_needs_a_trained_workdir(tmp_path):
+  with pytest.raises(UserError, match='config.json not found'):
+    search.Searcher(str(tmp_path))
