@@ -165,6 +165,7 @@ def bar_chart(rows: dict, out_path: str, title: str = ''):
       ax.bar_label(bars, fmt='%.1f', fontsize=7)
   ax.set_xticks(np.arange(len(names)), names, rotation=20, ha='right', fontsize=8)
   ax.set_ylabel('%')
+  ax.set_ylim(0, 115)  # room for the legend above 100%
   ax.set_title(title)
   ax.legend(ncol=5, fontsize=8)
   fig.tight_layout()
