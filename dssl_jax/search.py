@@ -151,10 +151,11 @@ def build_index(searcher: Searcher, images: str, folder: str, shard_size: int) -
   stamp = lambda p: [os.path.getmtime(os.path.join(images, p)),
                      os.path.getsize(os.path.join(images, p))]
   todo = [p for p in found if p not in files or files[p]['stamp'] != stamp(p)]
-  unreadable = [p for p in todo if check_image(os.path.join(images, p))]
+  problems = {p: check_image(os.path.join(images, p)) for p in todo}
+  unreadable = [p for p in todo if problems[p]]
   for path in unreadable:
-    print(f'unreadable, skipped: {path} ({check_image(os.path.join(images, path))})', flush=True)
-  todo = [p for p in todo if p not in unreadable]
+    print(f'unreadable, skipped: {path} ({problems[path]})', flush=True)
+  todo = [p for p in todo if not problems[p]]
   start, done = time.time(), 0
   for first in range(0, len(todo), shard_size):
     chunk = todo[first:first + shard_size]
