@@ -5,6 +5,8 @@ import time
 
 import jax
 
+METRICS = ('R1', 'R5', 'R10', 'mAP', 'mINP')  # the columns of every results table
+
 
 class MetricLog:
   """Appends scalars to WORKDIR/metrics.jsonl and TensorBoard event files (process 0 only)."""
@@ -54,15 +56,14 @@ class Progress:
 
 
 def metrics_line(metrics: dict) -> str:
-  return ' '.join(f'{k} {metrics[k]:.2f}' for k in ('R1', 'R5', 'R10', 'mAP', 'mINP'))
+  return ' '.join(f'{k} {metrics[k]:.2f}' for k in METRICS)
 
 
 def metrics_table(rows: dict) -> str:
   """Markdown table: one row per name, columns R1 R5 R10 mAP mINP."""
-  lines = ['| | R1 | R5 | R10 | mAP | mINP |', '|---|---|---|---|---|---|']
+  lines = ['| | ' + ' | '.join(METRICS) + ' |', '|---' * (len(METRICS) + 1) + '|']
   for name, m in rows.items():
-    lines.append(f'| {name} | ' + ' | '.join(f'{m[k]:.2f}' for k in ('R1', 'R5', 'R10', 'mAP',
-                                                                      'mINP')) + ' |')
+    lines.append(f'| {name} | ' + ' | '.join(f'{m[k]:.2f}' for k in METRICS) + ' |')
   return '\n'.join(lines)
 
 
@@ -154,12 +155,11 @@ def bar_chart(rows: dict, out_path: str, title: str = ''):
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  keys = ('R1', 'R5', 'R10', 'mAP', 'mINP')
   names = list(rows)
   fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names) + 2), 4))
-  width = 0.8 / len(keys)
-  for j, key in enumerate(keys):
-    positions = np.arange(len(names)) + (j - len(keys) / 2 + 0.5) * width
+  width = 0.8 / len(METRICS)
+  for j, key in enumerate(METRICS):
+    positions = np.arange(len(names)) + (j - len(METRICS) / 2 + 0.5) * width
     bars = ax.bar(positions, [rows[n][key] for n in names], width, label=key)
     if key == 'R1':
       ax.bar_label(bars, fmt='%.1f', fontsize=7)

@@ -30,7 +30,6 @@ flags.DEFINE_integer('variant', -1, 'Run only this row (0-based); -1: all rows.'
 flags.DEFINE_bool('dry_run', False, 'Print the command of each row instead of running it.')
 flags.DEFINE_bool('table_only', False, 'Only collect finished rows into the table.')
 FLAGS = flags.FLAGS
-METRICS = ('R1', 'R5', 'R10', 'mAP', 'mINP')
 
 
 def variant_config(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
@@ -62,9 +61,9 @@ def write_table(workdir: str, sweep: str, rows: dict):
     f.write(f'# {sweep}\n\n' + reports.metrics_table(rows) + '\n')
   with open(os.path.join(workdir, f'{sweep}.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['variant', *METRICS])
+    writer.writerow(['variant', *reports.METRICS])
     for name, metrics in rows.items():
-      writer.writerow([name, *(f'{metrics[k]:.2f}' for k in METRICS)])
+      writer.writerow([name, *(f'{metrics[k]:.2f}' for k in reports.METRICS)])
   reports.bar_chart(rows, os.path.join(workdir, f'{sweep}.png'), title=sweep)
 
 
