@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.sdm = True  # Table 2: signal denoising module
   model.sdm_zero_ratio = 0.5  # Table 4: r
   model.spfm_fusion = 'add'  # Table 3: add | concat
+  model.dtype = 'float32'  # bfloat16: mixed precision (backbone + GRU; GPU/TPU, slow on CPU)
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.margin = 0.2  # alpha of the ranking loss (eq. 3)

@@ -1,12 +1,14 @@
-"""Benchmarks that print figures (JSON lines): train steps, evaluation, input pipeline.
+"""Benchmarks that print figures (JSON lines): train steps, evaluation, input pipeline, search.
 
-  python -m dssl_jax.benchmark --config configs/cuhk.py --what train [--batch 8] [--reps 3]
+  python -m dssl_jax.benchmark --config configs/cuhk.py --what train,reference [--batch 32]
 
 train: stage-1 and stage-2 step time on random data of the config's shapes (no dataset needed),
-compile time, FLOPs per step from XLA's cost analysis and the FLOP/s achieved. eval: gallery and
-query encoding rates, and Sim_TI + metrics + re-ranking on random features of CUHK-PEDES test size.
-input: the tf.data train pipeline alone (needs the built dataset). Warm-up excluded; medians.
-Set JAX_NUM_CPU_DEVICES=N to time N virtual CPU devices.
+compile time, FLOPs per step from XLA's cost analysis and the FLOP/s achieved. reference: the same
+plain model (ResNet + bi-GRU + ID and ranking losses, Adam) timed in JAX and in PyTorch
+(dssl_jax/torch_reference.py, a child process), per branch and whole, with the ratio. eval: gallery
+and query encoding rates, and Sim_TI + metrics + re-ranking on random features of CUHK-PEDES test
+size. input: the tf.data train pipeline alone (needs the built dataset). search: query latency on a
+random index. Warm-up excluded; medians. Set JAX_NUM_CPU_DEVICES=N to time N virtual CPU devices.
 """
 import os
 
@@ -16,20 +18,28 @@ import functools  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 from absl import app
 from absl import flags
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
-from dssl_jax import evaluate, rerank, search, train
+from dssl_jax import evaluate, losses, rerank, search, train
 from dssl_jax.data import pipeline
+from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
+from dssl_jax.models.resnet import ResNet
+from dssl_jax.models.text import TextEncoder
 
-flags.DEFINE_enum('what', 'train', ['train', 'eval', 'input', 'search'], 'What to time.')
+WHAT = ('train', 'reference', 'eval', 'input', 'search')
+flags.DEFINE_list('what', ['train'], f'What to time, one or several of {",".join(WHAT)}.')
 flags.DEFINE_integer('batch', 0, 'Batch size (default: config.train.batch_size).')
 flags.DEFINE_integer('reps', 3, 'Timed repetitions after one warm-up.')
 flags.DEFINE_integer('vocab', 5000, 'Vocabulary size of the random data (CUHK-PEDES: ~5,000).')
@@ -95,6 +105,77 @@ def bench_train(config, batch_size: int, reps: int):
            'images_per_s': round(batch_size / seconds, 2),
            'gflop_per_step': float(f'{flops / 1e9:.4g}'),
            'achieved_gflops': float(f'{flops / 1e9 / seconds:.4g}')})
+
+
+class ReferenceModel(nn.Module):
+  """dssl_jax.torch_reference.ReferenceModel in Flax, from the ResNet and text encoder DSSL uses;
+  returns the loss of `part` (image | text | both)."""
+  config: ml_collections.FrozenConfigDict  # config.model
+  vocab_size: int
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, batch: dict, part: str):
+    c = self.config
+    classifier = nn.Dense(self.num_classes, use_bias=False, name='classifier')
+    loss = 0.0
+    if part in ('image', 'both'):
+      feature_map = ResNet(c.depth, c.width, name='backbone')(batch['image'], train=True)
+      v = nn.Dense(c.embed_dim, name='image_fc')(feature_map.mean(axis=(1, 2)))
+      loss += losses.id_loss(classifier(v), batch['label'])
+    if part in ('text', 'both'):
+      text = TextEncoder(self.vocab_size, c.word_dim, c.embed_dim // 2, name='text')
+      phrases = text(batch['phrases'], batch['phrase_mask']).mean(axis=1)
+      t = nn.Dense(c.embed_dim, name='text_fc')(text(batch['tokens'], batch['token_mask']) + phrases)
+      loss += losses.id_loss(classifier(t), batch['label'])
+    if part == 'both':
+      loss += losses.rank_loss(v, t, batch['label'], margin=0.2)
+    return loss
+
+
+def bench_reference(config, batch_size: int, reps: int):
+  """The same model and step in JAX and PyTorch, per branch and whole: where the time goes."""
+  c, d = config.model, config.data
+  if c.width != 64:
+    raise UserError(f'--what=reference compares with torchvision, whose ResNets have width 64: '
+                    f'set --config.model.width=64 (config has {c.width})')
+  parts = ('image', 'text', 'both')
+  command = [sys.executable, '-m', 'dssl_jax.torch_reference', f'--parts={",".join(parts)}',
+             f'--batch={batch_size}', f'--height={d.image_size[0]}', f'--width={d.image_size[1]}',
+             f'--depth={c.depth}', f'--embed_dim={c.embed_dim}', f'--word_dim={c.word_dim}',
+             f'--vocab={FLAGS.vocab}', f'--classes={FLAGS.classes}', f'--max_words={d.max_words}',
+             f'--max_phrases={d.max_phrases}', f'--max_phrase_words={d.max_phrase_words}',
+             f'--reps={reps}']
+  result = subprocess.run(command, capture_output=True, text=True, check=False)
+  if result.returncode:
+    raise UserError(f'the PyTorch reference failed (pip install -r requirements-dev.txt?): '
+                    f'{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""}')
+  torch_records = {r['what']: r for r in map(json.loads, result.stdout.splitlines())}
+
+  model = ReferenceModel(ml_collections.FrozenConfigDict(c), FLAGS.vocab, FLAGS.classes)
+  batch = jax.device_put(pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size))
+  tx = optax.adam(2e-4)
+
+  def step(params, batch_stats, opt_state, *, part):
+    def loss_fn(params):
+      loss, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch, part,
+                                  mutable=['batch_stats'])
+      return loss, updates['batch_stats']
+    (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state
+
+  for part in parts:
+    variables = jax.jit(model.init, static_argnums=2)(jax.random.PRNGKey(0), batch, part)
+    state = (variables['params'], variables.get('batch_stats', {}), tx.init(variables['params']))
+    compiled = jax.jit(functools.partial(step, part=part)).lower(*state).compile()
+    seconds = _timed(lambda: jax.block_until_ready(compiled(*state)), reps)
+    reference = torch_records[f'reference_{part}']
+    _emit({'what': f'reference_{part}', 'framework': f'jax {jax.__version__}',
+           'batch': batch_size, 'step_s': round(seconds, 3),
+           'images_per_s': round(batch_size / seconds, 2)})
+    print(json.dumps(reference | {'jax_speed_vs_torch': round(reference['step_s'] / seconds, 2)}),
+          flush=True)
 
 
 def bench_eval(config, batch_size: int, reps: int):
@@ -188,14 +269,23 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
   config = FLAGS.config
   batch = FLAGS.batch or config.train.batch_size
-  if FLAGS.what == 'train':
-    bench_train(config, batch, FLAGS.reps)
-  elif FLAGS.what == 'eval':
-    bench_eval(config, FLAGS.batch or config.eval.batch_size, FLAGS.reps)
-  elif FLAGS.what == 'search':
-    bench_search(config, FLAGS.index_size)
-  else:
-    bench_input(config, FLAGS.reps)
+  unknown = set(FLAGS.what) - set(WHAT)
+  if unknown:
+    _main.fail(f'--what: unknown {",".join(sorted(unknown))} (choose from {",".join(WHAT)})')
+  try:
+    for what in FLAGS.what:
+      if what == 'train':
+        bench_train(config, batch, FLAGS.reps)
+      elif what == 'reference':
+        bench_reference(config, batch, FLAGS.reps)
+      elif what == 'eval':
+        bench_eval(config, FLAGS.batch or config.eval.batch_size, FLAGS.reps)
+      elif what == 'search':
+        bench_search(config, FLAGS.index_size)
+      else:
+        bench_input(config, FLAGS.reps)
+  except UserError as error:
+    _main.fail(str(error))
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
 from dssl_jax.models.heads import cross_attention_similarity, l2_normalize
 
@@ -68,7 +69,7 @@ def sdm_loss(f: dict, person_ids, margin: float, kind: str) -> jax.Array:
     distances = jnp.sum((f['M_T'] - f['T_L'])**2, axis=-1)  # [B, n]
     per_slot = jnp.sum(distances * valid, axis=0) / jnp.maximum(valid.sum(axis=0), 1)
     return sentence + per_slot.sum()
-  raise ValueError(f"config.loss.sdm must be 'rank' or 'euclidean', got {kind!r}")
+  raise UserError(f"config.loss.sdm must be 'rank' or 'euclidean', got {kind!r}")
 
 
 def align4_similarity(f: dict) -> jax.Array:

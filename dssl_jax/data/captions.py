@@ -11,6 +11,8 @@ from typing import Iterable, Protocol, Sequence
 from absl import logging
 import nltk
 
+from dssl_jax.errors import UserError
+
 PAD, UNK = '<pad>', '<unk>'  # ids 0 and 1 of every vocabulary
 
 # A noun phrase: an optional determiner/possessive/number, any adjectives, participles or nouns,
@@ -84,7 +86,7 @@ def perceptron_available() -> bool:
 def make_tagger(kind: str = 'auto') -> Tagger:
   """kind: 'perceptron' (NLTK's, must be installed), 'lexicon', or 'auto' (the first that works)."""
   if kind not in ('auto', 'perceptron', 'lexicon'):
-    raise ValueError(f"config.data.tagger must be 'auto', 'perceptron' or 'lexicon', got {kind!r}")
+    raise UserError(f"config.data.tagger must be 'auto', 'perceptron' or 'lexicon', got {kind!r}")
   if kind == 'lexicon':
     return lexicon_tagger()
   if perceptron_available():

@@ -4,6 +4,10 @@ Features: V_G, M_V, V_P, V_S, V_L (image); T_G, M_T, T_P, T_L (text); V_R = SPFM
 T_R = PDM(V_P) (pair); `logits` holds the shared ID classifier's output on each ID feature. A switch
 that removes a module makes its output the identity (no SPSM: V_P = V_G; no SDM: T_P = T_G,
 T_L = M_T; no SAM: V_L = M_V), and the features only it produces (V_S, V_R) are absent.
+
+Mixed precision (config.model.dtype = 'bfloat16'): the backbone and the GRU, where nearly all the
+FLOPs are, compute in bfloat16; parameters, BN statistics, the heads, every feature and the losses
+stay float32.
 """
 import dataclasses
 
@@ -12,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from dssl_jax.errors import UserError
 from dssl_jax.models import heads
 from dssl_jax.models.resnet import ResNet
 from dssl_jax.models.text import TextEncoder
@@ -32,6 +37,16 @@ class Switches:
                pdm=on)
 
 
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(model: ml_collections.ConfigDict):
+  if model.dtype not in COMPUTE_DTYPES:
+    raise UserError(f'config.model.dtype must be one of {", ".join(COMPUTE_DTYPES)}, '
+                    f'got {model.dtype!r}')
+  return COMPUTE_DTYPES[model.dtype]
+
+
 class DSSL(nn.Module):
   config: ml_collections.FrozenConfigDict  # config.model
   vocab_size: int
@@ -41,10 +56,11 @@ class DSSL(nn.Module):
     c = self.config
     p, groups = c.embed_dim, c.gn_groups
     self.switches = Switches.from_config(c)
-    self.backbone = ResNet(c.depth, c.width)
+    dtype = compute_dtype(c)
+    self.backbone = ResNet(c.depth, c.width, dtype)
     self.image_global = heads.GlobalHead(p, groups)
     self.image_local = heads.LocalHead(p, groups)
-    self.text = TextEncoder(self.vocab_size, c.word_dim, p // 2)
+    self.text = TextEncoder(self.vocab_size, c.word_dim, p // 2, dtype)
     self.text_global = heads.GlobalHead(p, groups)
     self.text_local = heads.LocalHead(p, groups)
     if self.switches.separation:
@@ -62,7 +78,7 @@ class DSSL(nn.Module):
                    frozen_backbone: bool = False) -> dict:
     """images [B, H, W, 3] -> V_G, M_V, V_P, V_L (and V_S). A frozen backbone (stage 1) keeps its
     BN statistics and passes no gradient, so XLA computes no backward pass for it."""
-    feature_map = self.backbone(images, train=train and not frozen_backbone)
+    feature_map = self.backbone(images, train=train and not frozen_backbone).astype(jnp.float32)
     if frozen_backbone:
       feature_map = jax.lax.stop_gradient(feature_map)
     f = {'V_G': self.image_global(feature_map.mean(axis=(1, 2))),

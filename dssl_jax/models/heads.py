@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dssl_jax.errors import UserError
+
 
 class GroupNorm(nn.Module):
   """GN over the feature axis of vectors of any leading shape (torch's eps)."""
@@ -80,7 +82,7 @@ class SPFM(nn.Module):
     elif self.fusion == 'concat':
       fused = jnp.concatenate([t_p, v_s], axis=-1)
     else:
-      raise ValueError(f"config.model.spfm_fusion must be 'add' or 'concat', got {self.fusion!r}")
+      raise UserError(f"config.model.spfm_fusion must be 'add' or 'concat', got {self.fusion!r}")
     return MLP(self.features)(fused)
 
 

@@ -2,12 +2,15 @@
 
 Module names mirror torchvision's state dict (conv1, bn1, layer2_0.downsample_0, ...) so ImageNet
 weights convert by renaming (dssl_jax/weights.py). Paddings are PyTorch's, written out: Flax's
-'SAME' pads stride-2 layers asymmetrically and would shift every imported feature.
+'SAME' pads stride-2 layers asymmetrically and would shift every imported feature. The layers are
+dssl_jax/models/layers.py's: PyTorch's semantics, fast backward passes on the CPU.
 """
 import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from dssl_jax.models import layers
 
 STAGES = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)),
           50: ('bottleneck', (3, 4, 6, 3)), 101: ('bottleneck', (3, 4, 23, 3))}
@@ -66,12 +69,11 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     kind, stages = STAGES[self.depth]
     block = Bottleneck if kind == 'bottleneck' else BasicBlock
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='VALID')
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+    conv = functools.partial(layers.Conv, dtype=self.dtype)
+    norm = functools.partial(layers.BatchNorm, use_running_average=not train, dtype=self.dtype)
     x = conv(self.width, (7, 7), (2, 2), padding=_pad(7), name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))  # pads with -inf, like PyTorch
+    x = layers.max_pool_3x3(x)
     for i, blocks in enumerate(stages):
       for j in range(blocks):
         x = block(self.width * 2**i, 2 if (j == 0 and i > 0) else 1, conv, norm,

@@ -17,8 +17,12 @@ def _torch_uniform(scale: float):
 
 
 class BiGRU(nn.Module):
-  """torch.nn.GRU(bidirectional=True) equations and gate order (r, z, n); direction axis first."""
+  """torch.nn.GRU(bidirectional=True) equations and gate order (r, z, n); direction axis first.
+
+  `dtype` is the matmuls' (bfloat16 for mixed precision); gates and state stay float32.
+  """
   hidden: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -30,20 +34,28 @@ class BiGRU(nn.Module):
     w_hidden = self.param('hidden_kernel', init, (2, h_size, 3 * h_size))
     b_hidden = self.param('hidden_bias', init, (2, 3 * h_size))
 
-    gates_in = jnp.einsum('ntd,edg->etng', x, w_input) + b_input[:, None, None]  # [2, T, N, 3H]
-    # Time-major; the backward direction reads the sequence reversed.
-    gates_in = jnp.stack([gates_in[0], gates_in[1, ::-1]], axis=1)  # [T, 2, N, 3H]
+    # Both directions' input projections as one 2-D matmul over time-major rows (XLA:CPU ran the
+    # equivalent 3-D einsum ~20% slower), then the backward direction reads the sequence reversed.
+    steps = x.shape[1]
+    rows = x.transpose(1, 0, 2).reshape(-1, x.shape[-1]).astype(self.dtype)
+    gates_in = jnp.matmul(rows, jnp.concatenate([w_input[0], w_input[1]], axis=-1).astype(
+        self.dtype), preferred_element_type=jnp.float32).reshape(steps, -1, 2, 3 * h_size)
+    gates_in += b_input  # [T, N, 2, 3H]
+    gates_in = jnp.stack([gates_in[:, :, 0], gates_in[::-1, :, 1]], axis=1)  # [T, 2, N, 3H]
     step_mask = jnp.stack([mask.T, mask.T[::-1]], axis=1)[..., None]  # [T, 2, N, 1]
+
+    w_hidden = w_hidden.astype(self.dtype)
 
     def step(h, inputs):
       gi, m = inputs
-      gh = jnp.einsum('enh,ehg->eng', h, w_hidden) + b_hidden[:, None]
+      gh = jnp.einsum('enh,ehg->eng', h.astype(self.dtype), w_hidden,
+                      preferred_element_type=jnp.float32) + b_hidden[:, None]
       r = jax.nn.sigmoid(gi[..., :h_size] + gh[..., :h_size])
       z = jax.nn.sigmoid(gi[..., h_size:2 * h_size] + gh[..., h_size:2 * h_size])
       n = jnp.tanh(gi[..., 2 * h_size:] + r * gh[..., 2 * h_size:])
       return jnp.where(m, (1 - z) * n + z * h, h), None
 
-    h0 = jnp.zeros((2, x.shape[0], h_size), gates_in.dtype)
+    h0 = jnp.zeros((2, x.shape[0], h_size), jnp.float32)
     h, _ = jax.lax.scan(step, h0, (gates_in, step_mask))
     return jnp.concatenate([h[0], h[1]], axis=-1)
 
@@ -53,11 +65,12 @@ class TextEncoder(nn.Module):
   vocab_size: int
   word_dim: int
   hidden: int
+  dtype: jnp.dtype = jnp.float32  # the GRU's matmuls
 
   def setup(self):
     self.embed = nn.Embed(self.vocab_size, self.word_dim,
                           embedding_init=nn.initializers.normal(1.0))
-    self.gru = BiGRU(self.hidden)
+    self.gru = BiGRU(self.hidden, self.dtype)
 
   def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
     lead, steps = tokens.shape[:-1], tokens.shape[-1]

@@ -2,6 +2,7 @@ import nltk
 import pytest
 
 from dssl_jax.data import captions
+from dssl_jax.errors import UserError
 
 
 def test_tokenize_lowercases_and_drops_punctuation():
@@ -56,7 +57,7 @@ def test_make_tagger_falls_back_and_says_how_to_install(monkeypatch, caplog):
   assert captions.INSTALL_PERCEPTRON in caplog.text
   with pytest.raises(LookupError, match='nltk.downloader averaged_perceptron_tagger_eng'):
     captions.make_tagger('perceptron')
-  with pytest.raises(ValueError, match='config.data.tagger'):
+  with pytest.raises(UserError, match='config.data.tagger'):
     captions.make_tagger('spacy')
 
 

@@ -3,8 +3,10 @@ import flax
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from dssl_jax import losses
+from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
 from dssl_jax.data.pipeline import random_batch
 from tests.helpers import init_model, tiny_model_config
@@ -58,3 +60,37 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_bn_statistics():
   moved = flax.traverse_util.flatten_dict(stats['backbone'])
   before = flax.traverse_util.flatten_dict(variables['batch_stats']['backbone'])
   assert any(not np.array_equal(moved[key], before[key]) for key in moved)
+
+
+def test_mixed_precision_computes_in_bfloat16_with_float32_params_features_and_loss():
+  config = tiny_model_config()
+  batch = random_batch(config, 50, 7, batch_size=4)
+  model32, variables = init_model(config)
+  config.model.dtype = 'bfloat16'
+  model16, variables16 = init_model(config)
+  assert {x.dtype for x in jax.tree.leaves(variables16)} == {np.dtype('float32')}
+
+  def loss_fn(model):
+    def fn(params):
+      f, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, batch,
+                         train=True, mutable=['batch_stats'], rngs={'sdm': jax.random.key(1)})
+      return losses.stage2_loss(f, batch, config)[0], f
+    return fn
+  hlo = jax.jit(jax.grad(loss_fn(model16), has_aux=True)).lower(variables['params']).as_text()
+  for op in ('stablehlo.convolution', 'stablehlo.dot_general'):  # backbone; GRU (in its loop)
+    assert any(op in line and 'bf16' in line for line in hlo.splitlines()), op
+
+  (loss16, f16), grads = jax.jit(jax.value_and_grad(loss_fn(model16), has_aux=True))(
+      variables['params'])
+  loss32, f32 = jax.jit(loss_fn(model32))(variables['params'])
+  assert loss16.dtype == np.float32 and all(
+      x.dtype == np.float32 for x in jax.tree.leaves(f16) if x.dtype != bool)
+  assert all(np.isfinite(g).all() and g.dtype == np.float32 for g in jax.tree.leaves(grads))
+  np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
+  for name in ('V_G', 'T_G', 'V_L'):
+    cosine = (f16[name] * f32[name]).sum(-1) / np.linalg.norm(f16[name], axis=-1) / np.linalg.norm(
+        f32[name], axis=-1)
+    assert cosine.min() > 0.98, name  # bfloat16 keeps 8 bits of mantissa
+  config.model.dtype = 'float16'
+  with pytest.raises(UserError, match="model.dtype must be one of float32, bfloat16, got 'float16'"):
+    dssl.compute_dtype(config.model)

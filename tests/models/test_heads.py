@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from dssl_jax.errors import UserError
 from dssl_jax.models import heads
 
 
@@ -100,5 +101,5 @@ def test_spfm_fusions_and_tanh_range():
     variables = spfm.init(jax.random.key(0), t_p, v_s)
     assert variables['params']['MLP_0']['hidden']['kernel'].shape == (width, 8)
     assert np.abs(spfm.apply(variables, t_p, v_s)).max() < 1
-  with pytest.raises(ValueError, match='spfm_fusion'):
+  with pytest.raises(UserError, match='spfm_fusion'):
     heads.SPFM(4, 'mean').init(jax.random.key(0), t_p, v_s)

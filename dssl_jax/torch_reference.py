@@ -1,0 +1,99 @@
+"""The benchmark's PyTorch side: a train step of torchvision's ResNet + torch.nn.GRU, timed.
+
+  python -m dssl_jax.torch_reference --batch 32 --height 384 --width 128 --parts image,text,both
+
+`dssl_jax.benchmark --what=reference` runs this in a child process (torchvision must not be
+imported after TensorFlow, and each framework gets the cores to itself) and times the same model
+in JAX (`benchmark.ReferenceModel`): ResNet -> global pool -> FC for images; embeddings -> one
+bi-GRU over the sentence and over each phrase -> FC for texts; a shared ID classifier (cross
+entropy on both) and a bidirectional hinge ranking loss on cosines; Adam. `image` and `text`
+time each branch alone (its ID loss only), `both` the whole step. Needs requirements-dev.txt.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torchvision
+
+
+class ReferenceModel(torch.nn.Module):
+
+  def __init__(self, args):
+    super().__init__()
+    resnet = getattr(torchvision.models, f'resnet{args.depth}')(weights=None)
+    self.backbone = torch.nn.Sequential(*list(resnet.children())[:-2])
+    self.image_fc = torch.nn.Linear(resnet.fc.in_features, args.embed_dim)
+    self.embed = torch.nn.Embedding(args.vocab, args.word_dim)
+    self.gru = torch.nn.GRU(args.word_dim, args.embed_dim // 2, batch_first=True,
+                            bidirectional=True)
+    self.text_fc = torch.nn.Linear(args.embed_dim, args.embed_dim)
+    self.classifier = torch.nn.Linear(args.embed_dim, args.classes, bias=False)
+
+  def encode_image(self, images):
+    return self.image_fc(self.backbone(images).mean((2, 3)))
+
+  def encode_text(self, tokens, phrases):
+    def states(words):
+      _, h = self.gru(self.embed(words))  # h [2, N, H]: last state of each direction
+      return torch.cat([h[0], h[1]], dim=-1)
+    phrase_states = states(phrases.flatten(0, 1)).unflatten(0, phrases.shape[:2])
+    return self.text_fc(states(tokens) + phrase_states.mean(1))
+
+
+def reference_loss(model, batch, part: str):
+  cross_entropy = torch.nn.functional.cross_entropy
+  loss = 0
+  if part in ('image', 'both'):
+    v = model.encode_image(batch['image'])
+    loss = loss + cross_entropy(model.classifier(v), batch['label'])
+  if part in ('text', 'both'):
+    t = model.encode_text(batch['tokens'], batch['phrases'])
+    loss = loss + cross_entropy(model.classifier(t), batch['label'])
+  if part == 'both':
+    cos = torch.nn.functional.normalize(v, dim=-1) @ torch.nn.functional.normalize(t, dim=-1).T
+    positive = cos.diag()
+    negative = batch['label'][:, None] != batch['label'][None, :]
+    hinge = (torch.relu(0.2 - positive[:, None] + cos) + torch.relu(0.2 - positive[None, :] + cos))
+    loss = loss + (hinge * negative).sum() / len(cos)
+  return loss
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  for name, default in (('batch', 32), ('height', 384), ('width', 128), ('depth', 50),
+                        ('embed_dim', 1024), ('word_dim', 512), ('vocab', 5000),
+                        ('classes', 11003), ('max_words', 64), ('max_phrases', 26),
+                        ('max_phrase_words', 8), ('reps', 3)):
+    parser.add_argument(f'--{name}', type=int, default=default)
+  parser.add_argument('--parts', default='image,text,both')
+  args = parser.parse_args()
+  generator = torch.Generator().manual_seed(0)
+  batch = {'image': torch.randn(args.batch, 3, args.height, args.width, generator=generator),
+           'label': torch.randint(0, args.classes, (args.batch,), generator=generator),
+           'tokens': torch.randint(1, args.vocab, (args.batch, args.max_words), generator=generator),
+           'phrases': torch.randint(1, args.vocab, (args.batch, args.max_phrases,
+                                                    args.max_phrase_words), generator=generator)}
+  model = ReferenceModel(args).train()
+  optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+  for part in args.parts.split(','):
+    def step(part=part):
+      optimizer.zero_grad(set_to_none=True)
+      reference_loss(model, batch, part).backward()
+      optimizer.step()
+    step()  # warm-up
+    times = []
+    for _ in range(args.reps):
+      start = time.perf_counter()
+      step()
+      times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    print(json.dumps({'what': f'reference_{part}', 'framework': f'torch {torch.__version__}',
+                      'threads': torch.get_num_threads(), 'batch': args.batch,
+                      'step_s': round(seconds, 3),
+                      'images_per_s': round(args.batch / seconds, 2)}), flush=True)
+
+
+if __name__ == '__main__':
+  main()
