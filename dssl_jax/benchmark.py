@@ -126,7 +126,8 @@ class ReferenceModel(nn.Module):
     if part in ('text', 'both'):
       text = TextEncoder(self.vocab_size, c.word_dim, c.embed_dim // 2, name='text')
       phrases = text(batch['phrases'], batch['phrase_mask']).mean(axis=1)
-      t = nn.Dense(c.embed_dim, name='text_fc')(text(batch['tokens'], batch['token_mask']) + phrases)
+      sentences = text(batch['tokens'], batch['token_mask'])
+      t = nn.Dense(c.embed_dim, name='text_fc')(sentences + phrases)
       loss += losses.id_loss(classifier(t), batch['label'])
     if part == 'both':
       loss += losses.rank_loss(v, t, batch['label'], margin=0.2)

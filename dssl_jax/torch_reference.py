@@ -69,12 +69,12 @@ def main():
     parser.add_argument(f'--{name}', type=int, default=default)
   parser.add_argument('--parts', default='image,text,both')
   args = parser.parse_args()
-  generator = torch.Generator().manual_seed(0)
-  batch = {'image': torch.randn(args.batch, 3, args.height, args.width, generator=generator),
-           'label': torch.randint(0, args.classes, (args.batch,), generator=generator),
-           'tokens': torch.randint(1, args.vocab, (args.batch, args.max_words), generator=generator),
+  torch.manual_seed(0)
+  batch = {'image': torch.randn(args.batch, 3, args.height, args.width),
+           'label': torch.randint(0, args.classes, (args.batch,)),
+           'tokens': torch.randint(1, args.vocab, (args.batch, args.max_words)),
            'phrases': torch.randint(1, args.vocab, (args.batch, args.max_phrases,
-                                                    args.max_phrase_words), generator=generator)}
+                                                    args.max_phrase_words))}
   model = ReferenceModel(args).train()
   optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
   for part in args.parts.split(','):

@@ -92,5 +92,5 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_params_features_and_l
         f32[name], axis=-1)
     assert cosine.min() > 0.98, name  # bfloat16 keeps 8 bits of mantissa
   config.model.dtype = 'float16'
-  with pytest.raises(UserError, match="model.dtype must be one of float32, bfloat16, got 'float16'"):
+  with pytest.raises(UserError, match="dtype must be one of float32, bfloat16, got 'float16'"):
     dssl.compute_dtype(config.model)

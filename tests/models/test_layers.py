@@ -89,5 +89,6 @@ def test_max_pool_gradient_goes_to_the_first_maximum_like_torch(shape):
   np.testing.assert_array_equal(y, _nhwc(y_t))
   np.testing.assert_allclose(grad_x, _nhwc(x_t.grad), atol=1e-6)
   # XLA's generic select-and-scatter gradient makes the same choice.
-  generic = jax.grad(lambda x: jnp.sum(layers._max_pool_forward(x) * cotangent))(jnp.asarray(x))  # pylint: disable=protected-access
+  pool = layers._max_pool_forward  # pylint: disable=protected-access
+  generic = jax.grad(lambda x: jnp.sum(pool(x) * cotangent))(jnp.asarray(x))
   np.testing.assert_allclose(grad_x, generic, atol=1e-6)
