@@ -173,8 +173,8 @@ def bench_reference(config, batch_size: int, reps: int):
     seconds = _timed(lambda: jax.block_until_ready(compiled(*state)), reps)
     reference = torch_records[f'reference_{part}']
     _emit({'what': f'reference_{part}', 'framework': f'jax {jax.__version__}',
-           'batch': batch_size, 'step_s': round(seconds, 3),
-           'images_per_s': round(batch_size / seconds, 2)})
+           'batch': batch_size, 'step_s': float(f'{seconds:.4g}'),
+           'images_per_s': float(f'{batch_size / seconds:.4g}')})
     print(json.dumps(reference | {'jax_speed_vs_torch': round(reference['step_s'] / seconds, 2)}),
           flush=True)
 

@@ -91,8 +91,8 @@ def main():
     seconds = statistics.median(times)
     print(json.dumps({'what': f'reference_{part}', 'framework': f'torch {torch.__version__}',
                       'threads': torch.get_num_threads(), 'batch': args.batch,
-                      'step_s': round(seconds, 3),
-                      'images_per_s': round(args.batch / seconds, 2)}), flush=True)
+                      'step_s': float(f'{seconds:.4g}'),
+                      'images_per_s': float(f'{args.batch / seconds:.4g}')}), flush=True)
 
 
 if __name__ == '__main__':

@@ -4,16 +4,22 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.data.image_size=(64,32)', '--config.model.depth=18', '--config.model.width=8',
         '--config.model.embed_dim=32', '--config.model.word_dim=16', '--config.model.gn_groups=4',
         '--config.data.max_words=10', '--config.data.max_phrases=4', '--vocab=50', '--classes=7']
 
 
+def _run(*args):
+  return subprocess.run([sys.executable, '-m', 'dssl_jax.benchmark',
+                         '--config=configs/synthetic.py', *TINY, *args], capture_output=True,
+                        text=True, cwd=ROOT, timeout=600)
+
+
 def _bench(*args):
-  out = subprocess.run([sys.executable, '-m', 'dssl_jax.benchmark',
-                        '--config=configs/synthetic.py', *TINY, *args], capture_output=True,
-                       text=True, cwd=ROOT, timeout=600)
+  out = _run(*args)
   assert out.returncode == 0, out.stderr[-3000:]
   return [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
 
@@ -27,3 +33,21 @@ def test_train_and_eval_figures():
   encode, rank = _bench('--what=eval', '--batch=8', '--reps=1', '--gallery=30', '--queries=50')
   assert encode['images_per_s'] > 0 and encode['queries_per_s'] > 0
   assert (rank['gallery'], rank['queries']) == (30, 50) and rank['similarity_s'] >= 0
+
+
+def test_reference_times_the_same_model_in_jax_and_torch():
+  records = _bench('--what=reference', '--config.model.width=64', '--batch=4', '--reps=1')
+  assert [(r['what'], r['framework'].split()[0]) for r in records] == [
+      (f'reference_{part}', framework) for part in ('image', 'text', 'both')
+      for framework in ('jax', 'torch')]
+  for jax_record, torch_record in zip(records[::2], records[1::2]):
+    assert jax_record['step_s'] > 0 and torch_record['step_s'] > 0
+    assert torch_record['jax_speed_vs_torch'] == pytest.approx(
+        torch_record['step_s'] / jax_record['step_s'], rel=0.02, abs=0.01)
+
+
+def test_bad_requests_are_one_line():
+  for args, message in ((['--what=reference'], 'error: --what=reference compares with torchvision'),
+                        (['--what=train,fast'], 'error: --what: unknown fast')):
+    out = _run(*args)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith(message)

@@ -190,3 +190,24 @@ def test_eval_without_checkpoint_or_with_another_model_is_one_clear_error(tiny_d
   other.model.embed_dim = 64
   with pytest.raises(UserError, match='does not fit the configured model'):
     train.evaluate_workdir(other, str(tmp_path))
+
+
+def test_mixed_precision_trains_like_float32(tiny_dataset, tmp_path, request):
+  """Stage-2 steps on one batch from the same start: bfloat16 compute follows float32's losses."""
+  curves = {}
+  for dtype in ('float32', 'bfloat16'):
+    config = tiny_train_config(tiny_dataset[0])
+    config.model.dtype = dtype
+    trainer = train.Trainer(config, str(tmp_path / dtype))
+    request.addfinalizer(trainer.close)
+    state = trainer.initial_state()
+    state = state.replace(opt_state=trainer._tx(2).init(state.params))
+    batch = trainer.global_batch(next(trainer.input.epoch(0)))
+    curves[dtype] = []
+    for _ in range(12):
+      state, metrics = trainer.step_fn(2)(state, batch)
+      curves[dtype].append(float(metrics['loss']))
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype('float32')}
+  print({k: [round(x, 2) for x in v] for k, v in curves.items()})
+  assert curves['float32'][-1] < 0.5 * curves['float32'][0]
+  np.testing.assert_allclose(curves['bfloat16'], curves['float32'], rtol=0.1)
