@@ -147,7 +147,8 @@ def bench_reference(config, batch_size: int, reps: int):
              f'--vocab={FLAGS.vocab}', f'--classes={FLAGS.classes}', f'--max_words={d.max_words}',
              f'--max_phrases={d.max_phrases}', f'--max_phrase_words={d.max_phrase_words}',
              f'--reps={reps}']
-  result = subprocess.run(command, capture_output=True, text=True, check=False)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=root)
   if result.returncode:
     raise UserError(f'the PyTorch reference failed (pip install -r requirements-dev.txt?): '
                     f'{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""}')
