@@ -35,6 +35,7 @@ def test_train_and_eval_figures():
   assert (rank['gallery'], rank['queries']) == (30, 50) and rank['similarity_s'] >= 0
 
 
+@pytest.mark.slow
 def test_reference_times_the_same_model_in_jax_and_torch():
   records = _bench('--what=reference', '--config.model.width=64', '--batch=4', '--reps=1')
   assert [(r['what'], r['framework'].split()[0]) for r in records] == [
