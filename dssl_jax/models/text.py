@@ -3,7 +3,9 @@
 The output is the last forward and the last backward hidden state, concatenated (p/2 each).
 Padding (at the end of a sequence) never changes the result: a padded step keeps the state, so the
 forward direction ends at the last word and the backward one starts there, as with PyTorch's packed
-sequences. Both directions run in one scan; the input projections are one matmul outside it.
+sequences. Each direction is one scan of 2-D matmuls over time-major rows (the backward one
+scanning in reverse), its input projection one matmul outside the loop: on XLA:CPU this ran
+1.05-1.5x faster than both directions in one scan of batched [2, N, H] matmuls over a reversed copy.
 """
 import flax.linen as nn
 import jax
@@ -17,7 +19,8 @@ def _torch_uniform(scale: float):
 
 
 class BiGRU(nn.Module):
-  """torch.nn.GRU(bidirectional=True) equations and gate order (r, z, n); direction axis first.
+  """torch.nn.GRU(bidirectional=True) equations and gate order (r, z, n); the parameters' leading
+  axis is the direction (forward, backward).
 
   `dtype` is the matmuls' (bfloat16 for mixed precision); gates and state stay float32.
   """
@@ -34,30 +37,27 @@ class BiGRU(nn.Module):
     w_hidden = self.param('hidden_kernel', init, (2, h_size, 3 * h_size))
     b_hidden = self.param('hidden_bias', init, (2, 3 * h_size))
 
-    # Both directions' input projections as one 2-D matmul over time-major rows (XLA:CPU ran the
-    # equivalent 3-D einsum ~20% slower), then the backward direction reads the sequence reversed.
-    steps = x.shape[1]
-    rows = x.transpose(1, 0, 2).reshape(-1, x.shape[-1]).astype(self.dtype)
-    gates_in = jnp.matmul(rows, jnp.concatenate([w_input[0], w_input[1]], axis=-1).astype(
-        self.dtype), preferred_element_type=jnp.float32).reshape(steps, -1, 2, 3 * h_size)
-    gates_in += b_input  # [T, N, 2, 3H]
-    gates_in = jnp.stack([gates_in[:, :, 0], gates_in[::-1, :, 1]], axis=1)  # [T, 2, N, 3H]
-    step_mask = jnp.stack([mask.T, mask.T[::-1]], axis=1)[..., None]  # [T, 2, N, 1]
+    count, steps = mask.shape
+    rows = x.transpose(1, 0, 2).reshape(-1, x.shape[-1]).astype(self.dtype)  # time-major
+    h0 = jnp.zeros((count, h_size), jnp.float32)
+    states = []
+    for direction in range(2):
+      gates_in = jnp.matmul(rows, w_input[direction].astype(self.dtype),
+                            preferred_element_type=jnp.float32).reshape(steps, count, -1)
+      gates_in += b_input[direction]  # [T, N, 3H]
+      w_h, b_h = w_hidden[direction].astype(self.dtype), b_hidden[direction]
 
-    w_hidden = w_hidden.astype(self.dtype)
+      def step(h, inputs, w_h=w_h, b_h=b_h):
+        gi, m = inputs
+        gh = jnp.matmul(h.astype(self.dtype), w_h, preferred_element_type=jnp.float32) + b_h
+        r = jax.nn.sigmoid(gi[..., :h_size] + gh[..., :h_size])
+        z = jax.nn.sigmoid(gi[..., h_size:2 * h_size] + gh[..., h_size:2 * h_size])
+        n = jnp.tanh(gi[..., 2 * h_size:] + r * gh[..., 2 * h_size:])
+        return jnp.where(m, (1 - z) * n + z * h, h), None
 
-    def step(h, inputs):
-      gi, m = inputs
-      gh = jnp.einsum('enh,ehg->eng', h.astype(self.dtype), w_hidden,
-                      preferred_element_type=jnp.float32) + b_hidden[:, None]
-      r = jax.nn.sigmoid(gi[..., :h_size] + gh[..., :h_size])
-      z = jax.nn.sigmoid(gi[..., h_size:2 * h_size] + gh[..., h_size:2 * h_size])
-      n = jnp.tanh(gi[..., 2 * h_size:] + r * gh[..., 2 * h_size:])
-      return jnp.where(m, (1 - z) * n + z * h, h), None
-
-    h0 = jnp.zeros((2, x.shape[0], h_size), jnp.float32)
-    h, _ = jax.lax.scan(step, h0, (gates_in, step_mask))
-    return jnp.concatenate([h[0], h[1]], axis=-1)
+      h, _ = jax.lax.scan(step, h0, (gates_in, mask.T[..., None]), reverse=direction == 1)
+      states.append(h)
+    return jnp.concatenate(states, axis=-1)
 
 
 class TextEncoder(nn.Module):
