@@ -17,7 +17,6 @@ from dssl_jax import main as _main  # sets XLA_FLAGS before jax is imported  # n
 import functools  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
 from dssl_jax.models.resnet import ResNet
 from dssl_jax.models.text import TextEncoder
+from dssl_jax.timing import median_seconds
 
 WHAT = ('train', 'reference', 'eval', 'input', 'search')
 flags.DEFINE_list('what', ['train'], f'What to time, one or several of {",".join(WHAT)}.')
@@ -53,17 +53,6 @@ FLAGS = flags.FLAGS
 
 def _peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def _timed(fn, reps: int) -> float:
-  """Median seconds of `reps` calls after one warm-up; fn must block until done."""
-  fn()
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _emit(record: dict):
@@ -98,7 +87,7 @@ def bench_train(config, batch_size: int, reps: int):
     compile_s = time.perf_counter() - start
     # XLA's cost analysis is of the per-device program: scale to the whole step.
     flops = (compiled.cost_analysis() or {}).get('flops', float('nan')) * jax.device_count()
-    seconds = _timed(lambda: jax.block_until_ready(compiled(state, batch)), reps)
+    seconds = median_seconds(lambda: jax.block_until_ready(compiled(state, batch)), reps)
     _emit({'what': f'train_stage{stage}', 'batch': batch_size, 'image_size': list(d.image_size),
            'depth': config.model.depth, 'embed_dim': config.model.embed_dim, 'params': params,
            'compile_s': round(compile_s, 1), 'step_s': round(seconds, 3),
@@ -171,7 +160,7 @@ def bench_reference(config, batch_size: int, reps: int):
     variables = jax.jit(model.init, static_argnums=2)(jax.random.PRNGKey(0), batch, part)
     state = (variables['params'], variables.get('batch_stats', {}), tx.init(variables['params']))
     compiled = jax.jit(functools.partial(step, part=part)).lower(*state).compile()
-    seconds = _timed(lambda: jax.block_until_ready(compiled(*state)), reps)
+    seconds = median_seconds(lambda: jax.block_until_ready(compiled(*state)), reps)
     reference = torch_records[f'reference_{part}']
     _emit({'what': f'reference_{part}', 'framework': f'jax {jax.__version__}',
            'batch': batch_size, 'step_s': float(f'{seconds:.4g}'),
@@ -189,8 +178,8 @@ def bench_eval(config, batch_size: int, reps: int):
   batch = pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size) | {
       'valid': np.ones(batch_size, bool), 'person_id': np.arange(batch_size),
       'file_path': np.full(batch_size, b'x.jpg', object), 'text': np.full(batch_size, b'x', object)}
-  images = _timed(lambda: encoder.gallery(variables, [batch]), reps)
-  texts = _timed(lambda: encoder.queries(variables, [batch]), reps)
+  images = median_seconds(lambda: encoder.gallery(variables, [batch]), reps)
+  texts = median_seconds(lambda: encoder.queries(variables, [batch]), reps)
   _emit({'what': 'eval_encode', 'batch': batch_size, 'images_per_s': round(batch_size / images, 1),
          'queries_per_s': round(batch_size / texts, 1)})
   rng = np.random.default_rng(0)
@@ -206,10 +195,10 @@ def bench_eval(config, batch_size: int, reps: int):
   def similarity():
     nonlocal sim
     sim = evaluate.similarity(gallery, queries, config.eval.lambda1, config.eval.lambda2)
-  sim_s = _timed(similarity, 1)
-  metrics_s = _timed(lambda: evaluate.retrieval_metrics(sim, query_ids, gallery_ids), 1)
+  sim_s = median_seconds(similarity, 1)
+  metrics_s = median_seconds(lambda: evaluate.retrieval_metrics(sim, query_ids, gallery_ids), 1)
   texts_sim = queries['T_P'] @ queries['T_P'].T
-  rerank_s = _timed(lambda: rerank.rerank(sim, texts_sim, config.eval.rerank_k1,
+  rerank_s = median_seconds(lambda: rerank.rerank(sim, texts_sim, config.eval.rerank_k1,
                                           config.eval.rerank_k_near), 1)
   _emit({'what': 'eval_rank', 'gallery': FLAGS.gallery, 'queries': FLAGS.queries, 'embed_dim': p,
          'similarity_s': round(sim_s, 2), 'metrics_s': round(metrics_s, 2),
@@ -222,7 +211,7 @@ def bench_input(config, reps: int):
   counts = []
   def one_epoch():
     counts.append(sum(len(b['image']) for b in train_input.epoch(len(counts))))
-  seconds = _timed(one_epoch, reps)
+  seconds = median_seconds(one_epoch, reps)
   _emit({'what': 'input', 'image_size': list(config.data.image_size),
          'cache_decoded': config.data.cache_decoded, 'images_per_s': round(counts[-1] / seconds, 1),
          'images_per_s_per_core': round(counts[-1] / seconds / os.cpu_count(), 1)})
@@ -256,7 +245,7 @@ def bench_search(config, size: int, shard_size: int = 50_000):
                  'T_L': rng.standard_normal((count, n, p), np.float32),
                  'phrase_valid': np.arange(n) < rng.integers(1, n + 1, count)[:, None]}
       run = lambda: search.search(index, queries, 10, config.eval.lambda1, config.eval.lambda2)
-      seconds = _timed(run, 1)
+      seconds = median_seconds(run, 1)
       _emit({'what': 'search', 'index_size': size, 'queries': count, 'embed_dim': p,
              'seconds': round(seconds, 2), 'index_gb': round(size_gb, 2),
              'write_random_index_s': round(build_s, 1)})

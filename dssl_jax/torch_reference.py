@@ -11,11 +11,11 @@ time each branch alone (its ID loss only), `both` the whole step. Needs requirem
 """
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torchvision
+
+from dssl_jax.timing import median_seconds
 
 
 class ReferenceModel(torch.nn.Module):
@@ -82,13 +82,7 @@ def main():
       optimizer.zero_grad(set_to_none=True)
       reference_loss(model, batch, part).backward()
       optimizer.step()
-    step()  # warm-up
-    times = []
-    for _ in range(args.reps):
-      start = time.perf_counter()
-      step()
-      times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds = median_seconds(step, args.reps)
     print(json.dumps({'what': f'reference_{part}', 'framework': f'torch {torch.__version__}',
                       'threads': torch.get_num_threads(), 'batch': args.batch,
                       'step_s': float(f'{seconds:.4g}'),

@@ -47,7 +47,7 @@ class BiGRU(nn.Module):
       gates_in += b_input[direction]  # [T, N, 3H]
       w_h, b_h = w_hidden[direction].astype(self.dtype), b_hidden[direction]
 
-      def step(h, inputs, w_h=w_h, b_h=b_h):
+      def step(h, inputs):  # traced by the scan below, in this same iteration
         gi, m = inputs
         gh = jnp.matmul(h.astype(self.dtype), w_h, preferred_element_type=jnp.float32) + b_h
         r = jax.nn.sigmoid(gi[..., :h_size] + gh[..., :h_size])
