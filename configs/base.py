@@ -23,8 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.flip = True  # random horizontal flip for training
   data.shuffle_buffer = 4096
   data.cache_decoded = False  # keep decoded, resized uint8 images in memory (small datasets)
-  data.synthetic = ml_collections.ConfigDict(
-      {'identities': 500, 'images_per_identity': 4, 'seed': 0})
+  data.synthetic = ml_collections.ConfigDict(  # split_fractions: of the identities, train/val/test
+      {'identities': 500, 'images_per_identity': 4, 'seed': 0, 'split_fractions': (0.7, 0.1, 0.2)})
 
   config.model = model = ml_collections.ConfigDict()
   model.depth = 50  # ResNet depth: 18 | 34 | 50
@@ -46,10 +46,13 @@ def get_config() -> ml_collections.ConfigDict:
   loss.margin = 0.2  # alpha of the ranking loss (eq. 3)
   loss.align1 = True  # Table 1: V_P <-> T_P (eq. 5)
   loss.align2 = True  # V_G <-> V_R (eq. 8)
+  loss.align2_surroundings = 'gallery'  # V_R for image i, text j: gallery (V_S^i) | own (V_S^j)
   loss.align3 = True  # T_G <-> T_R (eq. 10)
   loss.align4 = True  # CA(T_P, V_L) <-> T_P (eq. 13)
   loss.align5 = True  # CA(V_P, T_L) <-> V_P (eq. 14)
   loss.mec = True  # Table 2: mutual exclusion constraint (eq. 6)
+  loss.mec_form = 'cosine'  # cosine: scale-free, over unit rows | literal: ||P^T S|| as printed
+  loss.mec_weight = 1.0
   loss.sdm = 'rank'  # Table 5: rank | euclidean reconstruction loss (eq. 2)
 
   config.train = train = ml_collections.ConfigDict()

@@ -11,7 +11,7 @@ import optax
 
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
-from dssl_jax.models.heads import cross_attention_similarity, l2_normalize
+from dssl_jax.models.heads import cross_attention_similarity, l2_normalize, safe_norm
 
 
 def cosine_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -47,10 +47,27 @@ def id_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def mec_loss(person: jax.Array, surroundings: jax.Array) -> jax.Array:
-  """eq. 6: ||P^T S||_F, computed as sqrt(sum((P P^T) * (S S^T))): B x B instead of p x p."""
-  squared = jnp.sum((person @ person.T) * (surroundings @ surroundings.T))
-  return jnp.sqrt(jnp.maximum(squared, 1e-12))
+def mec_loss(person: jax.Array, surroundings: jax.Array, form: str = 'cosine') -> jax.Array:
+  """The mutual exclusion constraint (eq. 6) on P, S [B, p], rows V_P^i and V_S^i.
+
+  'literal': ||P^T S||_F as printed, computed as sqrt(sum((P P^T) * (S S^T))) (B x B, not p x p).
+  It is not scale-free while every other loss reads V_P and V_S through cosines or GN: at the
+  start of stage 2 it is ~90% of the loss with ~140x an Align term's backbone gradient
+  (docs/loss_balance.md), and it is met by shrinking both features. Nor does it vanish when the
+  features are orthogonal: it measures how the coordinates of the batch co-vary.
+  'cosine' (default): ||P' S'^T||_F / B with P', S' the L2-normalised rows, i.e. the root mean
+  square of cos(V_P^i, V_S^j) over every pair of the batch. It is what the text asks of MEC
+  ("V_P and V_S are orthogonal to each other and the visual information is distributed between
+  them without overlap"): 0 exactly when every person feature is orthogonal to every surroundings
+  feature, at most 1, and blind to scale, so it can only be met by direction.
+  """
+  if form == 'literal':
+    squared = jnp.sum((person @ person.T) * (surroundings @ surroundings.T))
+    return jnp.sqrt(jnp.maximum(squared, 1e-12))
+  if form == 'cosine':
+    cosines = cosine_matrix(person, surroundings)
+    return jnp.sqrt(jnp.maximum(jnp.mean(cosines * cosines), 1e-12))
+  raise UserError(f"config.loss.mec_form must be 'cosine' or 'literal', got {form!r}")
 
 
 def sdm_loss(f: dict, person_ids, margin: float, kind: str) -> jax.Array:
@@ -72,6 +89,26 @@ def sdm_loss(f: dict, person_ids, margin: float, kind: str) -> jax.Array:
   raise UserError(f"config.loss.sdm must be 'rank' or 'euclidean', got {kind!r}")
 
 
+def gallery_surroundings(config: ml_collections.ConfigDict) -> bool:
+  """Whether Align II places each text in every image's surroundings (config.loss)."""
+  where = config.loss.align2_surroundings
+  if where not in ('gallery', 'own'):
+    raise UserError("config.loss.align2_surroundings must be 'gallery' or 'own', got "
+                    f'{where!r}')
+  return where == 'gallery'
+
+
+def align2_similarity(f: dict) -> jax.Array:
+  """S[i, j] = cos(V_G^i, SPFM(T_P^j, V_S^i)) for image i and text j (eq. 7-8): the described
+  person placed in the gallery image's surroundings, then matched with the whole gallery image.
+
+  Ranking V_G^i against SPFM(T_P^j, V_S^j) instead lets every negative carry its own image's
+  surroundings, and the loss is then solved by matching surroundings (config value 'own').
+  """
+  pairs = f['V_R_pairs']  # [B_image, B_text, p]
+  return jnp.einsum('ip,ijp->ij', l2_normalize(f['V_G']), pairs) / safe_norm(pairs)
+
+
 def align4_similarity(f: dict) -> jax.Array:
   """S[i, j] = cos(CA(T_P^j, V_L^i), T_P^j) for image i and text j (eq. 12-13)."""
   strips = jnp.ones(f['V_L'].shape[:2], bool)
@@ -81,6 +118,18 @@ def align4_similarity(f: dict) -> jax.Array:
 def align5_similarity(f: dict) -> jax.Array:
   """S[i, j] = cos(CA(V_P^i, T_L^j), V_P^i) for image i and text j (eq. 14-15)."""
   return cross_attention_similarity(f['T_L'], f['phrase_valid'], f['V_P']).T
+
+
+def separation_stats(f: dict) -> dict:
+  """What separation does to the features: mean norms of V_P, V_S, T_P and mean |cos(V_P^i,
+  V_S^i)|, logged each epoch so a user can see MEC work (or see features shrink)."""
+  mean_norm = lambda x: safe_norm(x).mean()
+  stats = {'norm_V_P': mean_norm(f['V_P']), 'norm_T_P': mean_norm(f['T_P'])}
+  if 'V_S' in f:
+    stats['norm_V_S'] = mean_norm(f['V_S'])
+    stats['abs_cos_V_P_V_S'] = jnp.abs(
+        jnp.sum(l2_normalize(f['V_P']) * l2_normalize(f['V_S']), axis=-1)).mean()
+  return stats
 
 
 def stage1_loss(f: dict, batch: dict) -> tuple[jax.Array, dict]:
@@ -104,7 +153,10 @@ def stage2_loss(f: dict, batch: dict, config: ml_collections.ConfigDict) -> tupl
   if loss.align1:
     terms['align1'] = rank_loss(f['V_P'], f['T_P'], ids, margin)
   if loss.align2 and switches.separation:
-    terms['align2'] = rank_loss(f['V_G'], f['V_R'], ids, margin)
+    if gallery_surroundings(config):
+      terms['align2'] = ranking_loss(align2_similarity(f), ids, margin)
+    else:
+      terms['align2'] = rank_loss(f['V_G'], f['V_R'], ids, margin)
   if loss.align3:
     terms['align3'] = rank_loss(f['T_G'], f['T_R'], ids, margin)
   if loss.align4:
@@ -112,7 +164,7 @@ def stage2_loss(f: dict, batch: dict, config: ml_collections.ConfigDict) -> tupl
   if loss.align5:
     terms['align5'] = ranking_loss(align5_similarity(f), ids, margin)
   if loss.mec and switches.separation:
-    terms['mec'] = mec_loss(f['V_P'], f['V_S'])
+    terms['mec'] = loss.mec_weight * mec_loss(f['V_P'], f['V_S'], loss.mec_form)
   if switches.sdm:
     terms['sdm'] = sdm_loss(f, ids, margin, loss.sdm)
   return sum(terms.values()), terms

@@ -6,6 +6,7 @@ import time
 import jax
 
 METRICS = ('R1', 'R5', 'R10', 'mAP', 'mINP')  # the columns of every results table
+SEPARATION = 'separation/'  # feature statistics logged beside the loss terms, not loss terms
 
 
 class MetricLog:
@@ -49,7 +50,8 @@ class Progress:
     now = time.time()
     rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
     self._last_step, self._last_time = step, now
-    terms = ' '.join(f'{k} {v:.3g}' for k, v in sorted(values.items()) if k not in ('loss', 'lr'))
+    terms = ' '.join(f'{k} {v:.3g}' for k, v in sorted(values.items())
+                     if k not in ('loss', 'lr') and not k.startswith(SEPARATION))
     return (f'stage {stage} epoch {epoch + 1}/{epochs} step {step}/{self.total_steps} '
             f'loss {values["loss"]:.4g} [{terms}] lr {values["lr"]:.2g} '
             f'{rate * self.batch_size:.1f} img/s ETA {_duration((self.total_steps - step) / max(rate, 1e-9))}')
@@ -59,11 +61,24 @@ def metrics_line(metrics: dict) -> str:
   return ' '.join(f'{k} {metrics[k]:.2f}' for k in METRICS)
 
 
+def mean_and_std(runs: list[dict]) -> dict:
+  """{metric: (mean, std)} over the runs of one row (std with n - 1; 0 for a single run)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  values = {k: np.array([run[k] for run in runs], float) for k in METRICS}
+  return {k: (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+          for k, v in values.items()}
+
+
+def _cell(value) -> str:
+  return f'{value[0]:.2f} ± {value[1]:.2f}' if isinstance(value, tuple) else f'{value:.2f}'
+
+
 def metrics_table(rows: dict) -> str:
-  """Markdown table: one row per name, columns R1 R5 R10 mAP mINP."""
+  """Markdown table: one row per name, columns R1 R5 R10 mAP mINP; a (mean, std) cell prints as
+  mean ± std."""
   lines = ['| | ' + ' | '.join(METRICS) + ' |', '|---' * (len(METRICS) + 1) + '|']
   for name, m in rows.items():
-    lines.append(f'| {name} | ' + ' | '.join(f'{m[k]:.2f}' for k in METRICS) + ' |')
+    lines.append(f'| {name} | ' + ' | '.join(_cell(m[k]) for k in METRICS) + ' |')
   return '\n'.join(lines)
 
 
@@ -78,7 +93,9 @@ def loss_curves(metrics_path: str, out_path: str):
     records = [json.loads(line) for line in f]
   train = [r for r in records if 'train/loss' in r]
   val = [r for r in records if 'val/R1' in r]
-  fig, (ax_total, ax_terms) = plt.subplots(1, 2, figsize=(13, 4.5))
+  separation = sorted({k for r in train for k in r if k.startswith('train/' + SEPARATION)})
+  fig, axes = plt.subplots(1, 3 if separation else 2, figsize=(19 if separation else 13, 4.5))
+  ax_total, ax_terms = axes[:2]
   ax_total.plot([r['step'] for r in train], [r['train/loss'] for r in train], label='total loss')
   ax_total.set_xlabel('step')
   ax_total.set_yscale('log')
@@ -93,7 +110,7 @@ def loss_curves(metrics_path: str, out_path: str):
   if stage2:
     ax_total.axvline(stage2[0], color='gray', linestyle=':', label='stage 2')
   names = sorted({k for r in train for k in r if k.startswith('train/') and k not in (
-      'train/loss', 'train/lr')})
+      'train/loss', 'train/lr') and k not in separation})
   ax_terms.set_prop_cycle(color=plt.get_cmap('tab20').colors)
   for name in names:
     points = [(r['step'], r[name]) for r in train if name in r]
@@ -102,6 +119,20 @@ def loss_curves(metrics_path: str, out_path: str):
   ax_terms.set_xlabel('step')
   ax_terms.legend(fontsize=7, ncol=2)
   ax_terms.set_title('loss terms')
+  if separation:  # norms on the left axis, |cos(V_P, V_S)| on the right
+    ax_norms = axes[2]
+    ax_cos = ax_norms.twinx()
+    for name in separation:
+      points = [(r['step'], r[name]) for r in train if name in r]
+      short = name[len('train/' + SEPARATION):]
+      (ax_cos if short.startswith('abs_cos') else ax_norms).plot(
+          *zip(*points), ':' if short.startswith('abs_cos') else '-', label=short)
+    ax_norms.set_xlabel('step')
+    ax_norms.set_ylabel('mean norm')
+    ax_cos.set_ylabel('mean |cos(V_P, V_S)|')
+    ax_norms.legend(loc='upper left', fontsize=7)
+    ax_cos.legend(loc='upper right', fontsize=7)
+    ax_norms.set_title('separation')
   fig.tight_layout()
   fig.savefig(out_path, dpi=90)
   plt.close(fig)
@@ -150,7 +181,8 @@ def retrieval_picture(out_path: str, similarity, query_texts, query_ids, gallery
 
 
 def bar_chart(rows: dict, out_path: str, title: str = ''):
-  """Grouped bars of R1/R5/R10/mAP/mINP per row (an ablation table as a picture)."""
+  """Grouped bars of R1/R5/R10/mAP/mINP per row (an ablation table as a picture); (mean, std)
+  cells get error bars."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -160,7 +192,10 @@ def bar_chart(rows: dict, out_path: str, title: str = ''):
   width = 0.8 / len(METRICS)
   for j, key in enumerate(METRICS):
     positions = np.arange(len(names)) + (j - len(METRICS) / 2 + 0.5) * width
-    bars = ax.bar(positions, [rows[n][key] for n in names], width, label=key)
+    cells = [rows[n][key] for n in names]
+    spread = [c[1] for c in cells] if isinstance(cells[0], tuple) else None
+    bars = ax.bar(positions, [c[0] if spread else c for c in cells], width, label=key,
+                  yerr=spread, capsize=2 if spread else 0)
     if key == 'R1':
       ax.bar_label(bars, fmt='%.1f', fontsize=7)
   ax.set_xticks(np.arange(len(names)), names, rotation=20, ha='right', fontsize=8)

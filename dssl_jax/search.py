@@ -77,7 +77,10 @@ class Searcher:
   def encode_queries(self, texts: list) -> tuple[dict, list]:
     """Query features of each sentence, and the unknown words of each."""
     d = self.config.data
-    extract = captions.PhraseExtractor(captions.make_tagger(d.tagger), d.max_phrases)
+    # The tagger the training phrases were made with (workdirs from before it was recorded: the
+    # configured one).
+    extract = captions.PhraseExtractor(captions.make_tagger(self.meta.tagger or d.tagger),
+                                       d.max_phrases)
     tokens = np.zeros((len(texts), d.max_words), np.int32)
     phrases = np.zeros((len(texts), d.max_phrases, d.max_phrase_words), np.int32)
     unknown = []
@@ -90,7 +93,7 @@ class Searcher:
         raise UserError(f'query {i + 1} {text!r} has no word of the training vocabulary')
       unknown.append(sorted({w for w, j in zip(words, ids) if j == 1}))
       tokens[i, :min(len(ids), d.max_words)] = ids[:d.max_words]
-      for k, phrase in enumerate(extract(words)):
+      for k, phrase in enumerate(extract(text)):
         phrase_ids = [self.word_ids.get(w, 1) for w in phrase][:d.max_phrase_words]
         phrases[i, k, :len(phrase_ids)] = phrase_ids
     batch = {'tokens': tokens, 'token_mask': tokens != 0, 'phrases': phrases,

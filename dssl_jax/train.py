@@ -82,6 +82,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config, stage: int)
       total, terms = losses.stage1_loss(features, batch)
     else:
       total, terms = losses.stage2_loss(features, batch, config)
+      terms |= {f'separation/{k}': v for k, v in losses.separation_stats(features).items()}
     return total, (terms, updates['batch_stats'])
 
   (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -213,7 +214,8 @@ class Trainer:
       f.write(self.config.to_json_best_effort(indent=2))
     with open(os.path.join(self.workdir, META_FILE), 'w') as f:  # for inference without data
       json.dump({'vocabulary': self.meta.vocabulary,
-                 'num_train_identities': self.meta.num_train_identities}, f)
+                 'num_train_identities': self.meta.num_train_identities,
+                 'tagger': self.meta.tagger}, f)
     if self.checkpoints.latest_step() is not None:
       state, meta = self.restore()
       print(f'resuming from step {meta["step"]} (stage {meta["stage"]})', flush=True)
@@ -378,7 +380,8 @@ def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, pipeline.Data
   config.data.image_size = tuple(config.data.image_size)
   with open(paths[1]) as f:
     saved = json.load(f)
-  return config, pipeline.DatasetMeta(saved['vocabulary'], saved['num_train_identities'], {}, ())
+  return config, pipeline.DatasetMeta(saved['vocabulary'], saved['num_train_identities'], {}, (),
+                                      saved.get('tagger', ''))
 
 
 def save_results(workdir: str, metrics: dict, extra: dict | None = None):

@@ -4,9 +4,11 @@
       [--config.data.manual_dir=...]      # every --config.x=y applies to every variant
 
 Each variant trains in WORKDIR/<variant>/ (with resume); a variant whose results.json exists is
-skipped. --variant=K runs only row K (one cluster job per row, see launch/slurm_sweep.sh);
---table_only collects the finished rows; --dry_run prints each row's command instead of running it.
-Writes WORKDIR/<table>.md, .csv and .png (R1/R5/R10/mAP/mINP per row).
+skipped. --seeds=N trains each row N times (config.seed + 0..N-1, in WORKDIR/<variant>/seed<k>/)
+and reports mean ± std over seeds: one synthetic run moves by several R1 points from float order
+alone. --variant=K runs only row K (one cluster job per row, see launch/slurm_sweep.sh);
+--table_only collects the finished rows; --dry_run prints each run's command instead of running it.
+Writes WORKDIR/<table>.md, .csv (with every seed's R1) and .png (R1/R5/R10/mAP/mINP per row).
 """
 import csv
 import json
@@ -27,6 +29,7 @@ from launch.sweeps import SWEEPS, slug
 
 flags.DEFINE_enum('sweep', None, sorted(SWEEPS), 'Which table to run.')
 flags.DEFINE_integer('variant', -1, 'Run only this row (0-based); -1: all rows.')
+flags.DEFINE_integer('seeds', 1, 'Train each row this many times (config.seed, +1, ...).')
 flags.DEFINE_bool('dry_run', False, 'Print the command of each row instead of running it.')
 flags.DEFINE_bool('table_only', False, 'Only collect finished rows into the table.')
 FLAGS = flags.FLAGS
@@ -55,46 +58,71 @@ def variant_command(config_path: str, workdir: str, overrides: dict, extra: list
           *extra, *(f'--config.{k}={v}' for k, v in overrides.items())]
 
 
-def write_table(workdir: str, sweep: str, rows: dict):
-  """<sweep>.md and .csv (rows = variants, columns = metrics) and a bar chart."""
+def seed_runs(workdir: str, name: str, seed: int, seeds: int) -> list[tuple[str, dict]]:
+  """(sub-workdir, seed override) of each run of a row; one seed keeps the row's own folder."""
+  if seeds == 1:
+    return [(os.path.join(workdir, slug(name)), {})]
+  return [(os.path.join(workdir, slug(name), f'seed{seed + k}'), {'seed': seed + k})
+          for k in range(seeds)]
+
+
+def write_table(workdir: str, sweep: str, rows: dict) -> str:
+  """<sweep>.md and .csv (rows = variants, columns = metrics, mean ± std over seeds; the csv also
+  lists every seed's R1) and a bar chart with the spread as error bars; returns the table."""
+  summary = {name: reports.mean_and_std(runs) for name, runs in rows.items()}
+  seeds = max(len(runs) for runs in rows.values())
+  labelled = {name + (f' ({len(rows[name])} of {seeds} seeds)' if len(rows[name]) < seeds else ''):
+              cells for name, cells in summary.items()}  # rows still missing seeds say so
+  table = reports.metrics_table(labelled)
   with open(os.path.join(workdir, f'{sweep}.md'), 'w') as f:
-    f.write(f'# {sweep}\n\n' + reports.metrics_table(rows) + '\n')
+    f.write(f'# {sweep}\n\n' + (f'Mean ± std over {seeds} seeds.\n\n' if seeds > 1 else '')
+            + table + '\n')
   with open(os.path.join(workdir, f'{sweep}.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['variant', *reports.METRICS])
-    for name, metrics in rows.items():
-      writer.writerow([name, *(f'{metrics[k]:.2f}' for k in reports.METRICS)])
-  reports.bar_chart(rows, os.path.join(workdir, f'{sweep}.png'), title=sweep)
+    writer.writerow(['variant', 'seeds', *reports.METRICS, *(f'{k}_std' for k in reports.METRICS),
+                     *(f'R1_run{k}' for k in range(seeds))])
+    for name, runs in rows.items():
+      writer.writerow([name, len(runs), *(f'{summary[name][k][0]:.2f}' for k in reports.METRICS),
+                       *(f'{summary[name][k][1]:.2f}' for k in reports.METRICS),
+                       *(f'{run["R1"]:.2f}' for run in runs)])
+  reports.bar_chart(labelled, os.path.join(workdir, f'{sweep}.png'), title=sweep)
+  return table
 
 
 def run_sweep(config, config_path: str, sweep: str, workdir: str, variant: int = -1,
-              dry_run: bool = False, table_only: bool = False, extra_args=()) -> dict:
+              dry_run: bool = False, table_only: bool = False, extra_args=(),
+              seeds: int = 1) -> dict:
+  """Trains (or collects) the rows; returns {row name: [results of each finished seed]}."""
   variants = SWEEPS[sweep]
   if variant >= len(variants):
     raise UserError(f'--variant={variant}: {sweep} has rows 0..{len(variants) - 1}')
+  if seeds < 1:
+    raise UserError(f'--seeds={seeds}: must be at least 1')
   chosen = range(len(variants)) if variant < 0 else [variant]
   configs = {i: variant_config(config, variants[i][1]) for i in chosen}  # typos fail before work
   rows = {}
   for i in chosen:
     name, overrides = variants[i]
-    sub = os.path.join(workdir, slug(name))
-    results = os.path.join(sub, 'results.json')
-    if dry_run:
-      print(shlex.join(variant_command(config_path, sub, overrides, list(extra_args))))
-      continue
-    if os.path.exists(results):
-      print(f'[{sweep} {i + 1}/{len(variants)}] {name}: finished, skipped', flush=True)
-    elif table_only:
-      print(f'[{sweep} {i + 1}/{len(variants)}] {name}: not finished', flush=True)
-      continue
-    else:
-      print(f'[{sweep} {i + 1}/{len(variants)}] {name}: training in {sub}', flush=True)
-      dssl_main.run(configs[i], sub, 'train')
-    with open(results) as f:
-      rows[name] = json.load(f)
+    for k, (sub, seed_override) in enumerate(seed_runs(workdir, name, config.seed, seeds)):
+      where = f'[{sweep} {i + 1}/{len(variants)}] {name}' + (f', seed {k + 1}/{seeds}'
+                                                             if seeds > 1 else '')
+      results = os.path.join(sub, 'results.json')
+      if dry_run:
+        print(shlex.join(variant_command(config_path, sub, overrides | seed_override,
+                                         list(extra_args))))
+        continue
+      if os.path.exists(results):
+        print(f'{where}: finished, skipped', flush=True)
+      elif table_only:
+        print(f'{where}: not finished', flush=True)
+        continue
+      else:
+        print(f'{where}: training in {sub}', flush=True)
+        dssl_main.run(variant_config(configs[i], seed_override), sub, 'train')
+      with open(results) as f:
+        rows.setdefault(name, []).append(json.load(f))
   if rows and variant < 0:
-    write_table(workdir, sweep, rows)
-    print(reports.metrics_table(rows), flush=True)
+    print(write_table(workdir, sweep, rows), flush=True)
   return rows
 
 
@@ -109,7 +137,7 @@ def main(argv):
     os.makedirs(FLAGS.workdir, exist_ok=True)
     run_sweep(FLAGS.config, config_flags.get_config_filename(FLAGS['config']), FLAGS.sweep,
               FLAGS.workdir,
-              FLAGS.variant, FLAGS.dry_run, FLAGS.table_only, extra)
+              FLAGS.variant, FLAGS.dry_run, FLAGS.table_only, extra, FLAGS.seeds)
   except UserError as e:
     dssl_main.fail(str(e))
 

@@ -12,6 +12,7 @@ def tiny_config(data_dir: str, identities: int = 30):
   config.data.data_dir = data_dir
   config.data.synthetic.identities = identities
   config.data.synthetic.images_per_identity = 3
+  config.data.synthetic.split_fractions = (0.7, 0.1, 0.2)
   config.data.shuffle_buffer = 64
   config.train.batch_size = 8
   config.eval.batch_size = 16

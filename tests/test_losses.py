@@ -10,6 +10,7 @@ from configs import base, synthetic
 from dssl_jax import losses
 from dssl_jax.models import dssl, heads
 from dssl_jax.data.pipeline import random_batch
+from dssl_jax.errors import UserError
 from tests.helpers import init_model, tiny_model_config
 
 
@@ -49,11 +50,75 @@ def test_ranking_loss_matches_a_loop_over_pairs():
 def test_mec_and_id_loss_formulas():
   rng = np.random.default_rng(1)
   p, s = rng.normal(size=(2, 6, 9))
-  np.testing.assert_allclose(losses.mec_loss(p, s), np.linalg.norm(p.T @ s), rtol=1e-5)
+  np.testing.assert_allclose(losses.mec_loss(p, s, 'literal'), np.linalg.norm(p.T @ s), rtol=1e-5)
+  cosines = [_cos(a, b) for a in p for b in s]
+  np.testing.assert_allclose(losses.mec_loss(p, s, 'cosine'), np.sqrt(np.mean(np.square(cosines))),
+                             rtol=1e-5)
   logits, labels = rng.normal(size=(4, 5)), np.array([0, 3, 3, 1])
   log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
   np.testing.assert_allclose(losses.id_loss(logits, labels),
                              -log_softmax[np.arange(4), labels].mean(), rtol=1e-5)
+
+
+def test_mec_forms_on_hand_built_features():
+  rng = np.random.default_rng(5)
+  person = np.zeros((4, 8)); person[:, :4] = rng.normal(size=(4, 4))  # person: coordinates 0-3
+  surroundings = np.zeros((4, 8)); surroundings[:, 4:] = rng.normal(size=(4, 4))  # 4-7
+  assert losses.mec_loss(person, surroundings, 'cosine') < 1e-5  # orthogonal -> 0
+  row_scales = rng.uniform(0.01, 100, size=(4, 1))
+  mixed = person + 0.5 * np.roll(surroundings, 1, axis=0)  # shares directions with S
+  cosine = losses.mec_loss(mixed, surroundings, 'cosine')
+  assert 0.05 < cosine <= 1
+  np.testing.assert_allclose(losses.mec_loss(row_scales * mixed, 3 * surroundings, 'cosine'),
+                             cosine, rtol=1e-5)  # scale-free
+  literal = losses.mec_loss(mixed, surroundings, 'literal')
+  np.testing.assert_allclose(losses.mec_loss(0.1 * mixed, surroundings, 'literal'), 0.1 * literal,
+                             rtol=1e-5)  # eq. 6 as printed: met by shrinking the features
+  with pytest.raises(UserError, match='mec_form'):
+    losses.mec_loss(person, surroundings, 'frobenius')
+
+
+def _train_features(config, batch_size=4):
+  """(model, variables, batch, train-mode features) of a tiny random model and batch."""
+  model, variables = init_model(config)
+  batch = random_batch(config, 50, 7, batch_size=batch_size)
+  f, _ = model.apply(variables, batch, train=True, rngs={'sdm': jax.random.key(2)},
+                     mutable=['batch_stats'])
+  return model, variables, batch, f
+
+
+def test_align2_ranks_each_text_in_every_gallery_surroundings():
+  """S[i, j] = cos(V_G^i, SPFM(T_P^j, V_S^i)), checked against one SPFM call per pair."""
+  config = tiny_model_config()
+  model, variables, batch, f = _train_features(config)
+  similarity = np.asarray(losses.align2_similarity(f))
+  spfm = lambda t, v: model.apply(variables, t, v, method=lambda m, t, v: m.spfm(t, v))
+  for i, j in itertools.product(range(4), range(4)):
+    v_r = spfm(f['T_P'][j:j + 1], f['V_S'][i:i + 1])[0]
+    np.testing.assert_allclose(similarity[i, j], _cos(np.asarray(f['V_G'][i]), np.asarray(v_r)),
+                               rtol=1e-4, atol=1e-6)
+  ids = batch['person_id']
+  gallery = losses.stage2_loss(f, batch, config)[1]['align2']
+  np.testing.assert_allclose(gallery, losses.ranking_loss(similarity, ids, 0.2), rtol=1e-5)
+  own = _override(config, 'loss.align2_surroundings', 'own')
+  np.testing.assert_allclose(losses.stage2_loss(f, batch, own)[1]['align2'],
+                             _rank_loop(f['V_G'], f['V_R'], ids, 0.2), rtol=1e-5)
+  with pytest.raises(UserError, match='align2_surroundings'):
+    losses.stage2_loss(f, batch, _override(config, 'loss.align2_surroundings', 'mine'))
+
+
+def test_separation_stats_and_mec_weight():
+  config = tiny_model_config()
+  _, _, batch, f = _train_features(config)
+  stats = losses.separation_stats(f)
+  np.testing.assert_allclose(stats['norm_V_S'], np.linalg.norm(f['V_S'], axis=1).mean(), rtol=1e-5)
+  np.testing.assert_allclose(stats['abs_cos_V_P_V_S'], np.mean(
+      [abs(_cos(np.asarray(a), np.asarray(b))) for a, b in zip(f['V_P'], f['V_S'])]), rtol=1e-5)
+  mec = losses.stage2_loss(f, batch, config)[1]['mec']
+  np.testing.assert_allclose(mec, losses.mec_loss(f['V_P'], f['V_S'], 'cosine'), rtol=1e-6)
+  np.testing.assert_allclose(
+      losses.stage2_loss(f, batch, _override(config, 'loss.mec_weight', 3.0))[1]['mec'], 3 * mec,
+      rtol=1e-6)
 
 
 def _features(rng, batch=6, n=4, p=8):
@@ -84,9 +149,10 @@ def test_align4_and_align5_similarities_are_image_by_text():
   all_strips = np.ones(4, bool)
   for i, j in itertools.product(range(6), range(6)):
     np.testing.assert_allclose(s4[i, j], heads.cross_attention_similarity(
-        f['V_L'][i:i + 1], all_strips[None], f['T_P'][j:j + 1])[0, 0], rtol=1e-5)
+        f['V_L'][i:i + 1], all_strips[None], f['T_P'][j:j + 1])[0, 0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s5[i, j], heads.cross_attention_similarity(
-        f['T_L'][j:j + 1], f['phrase_valid'][j:j + 1], f['V_P'][i:i + 1])[0, 0], rtol=1e-5)
+        f['T_L'][j:j + 1], f['phrase_valid'][j:j + 1], f['V_P'][i:i + 1])[0, 0], rtol=1e-5,
+        atol=1e-6)
 
 
 def _stage2(config, batch, variables):

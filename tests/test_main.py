@@ -39,9 +39,10 @@ def test_prepare_generates_and_builds_offline(tmp_path):
                  '--mode=prepare', f'--config.data.data_dir={tmp_path / "tfds"}',
                  '--config.data.synthetic.identities=10')
   assert result.returncode == 0, result.stderr
-  assert 'train: 28 images, 56 captions, 7 identities' in result.stdout
+  assert 'train: 20 images, 40 captions, 5 identities' in result.stdout  # 50/7/43% split
+  assert 'test: 16 images, 32 captions, 4 identities' in result.stdout
   assert os.path.isfile(tmp_path / 'tfds' / 'downloads' / 'manual' /
-                        'synthetic_ids10_img4_seed0' / 'reid_raw.json')
+                        'synthetic_ids10_img4_seed0_split5-1-4' / 'reid_raw.json')
 
 
 def test_bad_manual_dir_is_one_line_and_exit_1(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dssl_jax import evaluate, search, train
-from dssl_jax.data import builders
+from dssl_jax.data import builders, captions
 from dssl_jax.errors import UserError
 from tests.helpers import tiny_config, tiny_train_config
 
@@ -35,6 +35,21 @@ def trained(tmp_path_factory):
     shutil.copy(os.path.join(raw, 'imgs', e['file_path']), images)
   (images / 'corrupt.jpg').write_bytes(b'\xff\xd8 not a jpeg')
   return workdir, images, entries, raw
+
+
+def test_queries_use_the_tagger_the_training_phrases_were_made_with(trained, monkeypatch):
+  """The dataset records the tagger it used, training copies it into the workdir, and search
+  uses it whatever config.data.tagger says (here one that is not installed)."""
+  workdir = trained[0]
+  config, meta = train.load_workdir(workdir)
+  assert meta.tagger == captions.resolve_tagger(config.data.tagger)
+  searcher = search.Searcher(workdir)
+  used = []
+  real = captions.make_tagger
+  monkeypatch.setattr(captions, 'make_tagger', lambda kind: used.append(kind) or real(kind))
+  searcher.config.data.tagger = 'perceptron' if meta.tagger == 'lexicon' else 'lexicon'
+  searcher.encode_queries(['a person in a red coat, blue jeans'])
+  assert used == [meta.tagger]
 
 
 def test_index_query_incremental(trained, tmp_path, capsys):

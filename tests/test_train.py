@@ -209,5 +209,5 @@ def test_mixed_precision_trains_like_float32(tiny_dataset, tmp_path, request):
       curves[dtype].append(float(metrics['loss']))
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype('float32')}
   print({k: [round(x, 2) for x in v] for k, v in curves.items()})
-  assert curves['float32'][-1] < 0.5 * curves['float32'][0]
+  assert curves['float32'][-1] < 0.75 * curves['float32'][0]  # it trains
   np.testing.assert_allclose(curves['bfloat16'], curves['float32'], rtol=0.1)

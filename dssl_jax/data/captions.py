@@ -23,6 +23,8 @@ PERCEPTRON_RESOURCE = 'averaged_perceptron_tagger_eng'
 INSTALL_PERCEPTRON = f'python -m nltk.downloader {PERCEPTRON_RESOURCE}'
 
 _WORD = re.compile(r'[a-z0-9]+')
+# `tokenize`'s words, and the punctuation that separates phrases as tokens of its own.
+_WORD_OR_PUNCTUATION = re.compile(r'[a-z0-9]+|[,.;:!?()]')
 
 
 class Tagger(Protocol):
@@ -34,6 +36,12 @@ class Tagger(Protocol):
 def tokenize(text: str) -> list[str]:
   """Lowercases and keeps runs of letters/digits: punctuation is dropped, never a token."""
   return _WORD.findall(text.lower())
+
+
+def tokenize_for_tagging(text: str) -> list[str]:
+  """`tokenize`'s words with the punctuation between them kept: taggers and the chunker need it
+  ("a red logo, dark blue jeans" holds two phrases, not one)."""
+  return _WORD_OR_PUNCTUATION.findall(text.lower())
 
 
 # The fallback tagger: closed-class words and the vocabulary of pedestrian descriptions, then
@@ -57,6 +65,7 @@ _LEXICON = {
                     'young old middle medium loose tight plain casual blond blonde curly '
                     'straight bald single other several sleeveless shoulder'.split(), 'JJ'),
     **dict.fromkeys('one two three four'.split(), 'CD'),
+    **{p: p for p in ',.:'}, ';': ':', '!': '.', '?': '.', '(': '(', ')': ')',  # Penn's tags
 }
 _SUFFIX_RULES = [
     (r'^\d+$', 'CD'),
@@ -83,37 +92,47 @@ def perceptron_available() -> bool:
     return False
 
 
-def make_tagger(kind: str = 'auto') -> Tagger:
-  """kind: 'perceptron' (NLTK's, must be installed), 'lexicon', or 'auto' (the first that works)."""
+def resolve_tagger(kind: str = 'auto') -> str:
+  """The tagger `kind` means here: 'perceptron' or 'lexicon' ('auto': perceptron if installed)."""
   if kind not in ('auto', 'perceptron', 'lexicon'):
     raise UserError(f"config.data.tagger must be 'auto', 'perceptron' or 'lexicon', got {kind!r}")
   if kind == 'lexicon':
-    return lexicon_tagger()
+    return kind
   if perceptron_available():
-    return nltk.tag.PerceptronTagger()
+    return 'perceptron'
   if kind == 'perceptron':
-    raise LookupError(f"NLTK's perceptron tagger is not installed; install it with: "
-                      f'{INSTALL_PERCEPTRON}')
+    raise UserError(f"config.data.tagger='perceptron' but NLTK's perceptron tagger is not "
+                    f'installed; install it with: {INSTALL_PERCEPTRON}')
   logging.warning("NLTK's perceptron tagger is not installed: using the built-in lexicon tagger "
                   '(for the real one: %s)', INSTALL_PERCEPTRON)
-  return lexicon_tagger()
+  return 'lexicon'
+
+
+def make_tagger(kind: str = 'auto') -> Tagger:
+  """kind: 'perceptron' (NLTK's, must be installed), 'lexicon', or 'auto' (the first that works)."""
+  return nltk.tag.PerceptronTagger() if resolve_tagger(kind) == 'perceptron' else lexicon_tagger()
 
 
 class PhraseExtractor:
-  """Noun phrases of a tokenized caption, in sentence order, at most `max_phrases`."""
+  """Noun phrases of a caption, in sentence order, at most `max_phrases` (paper 4.1.2).
+
+  Tokens are tagged and chunked with their punctuation, as NLTK's pipeline expects; phrases hold
+  only words, the same words `tokenize` gives.
+  """
 
   def __init__(self, tagger: Tagger, max_phrases: int = 26):
     self.tagger = tagger
     self.max_phrases = max_phrases
     self.chunker = nltk.RegexpParser(NOUN_PHRASE_GRAMMAR)
 
-  def __call__(self, tokens: Sequence[str]) -> list[list[str]]:
+  def __call__(self, text: str) -> list[list[str]]:
+    tokens = tokenize_for_tagging(text)
     if not tokens:
       return []
-    tree = self.chunker.parse(self.tagger.tag(list(tokens)))
-    phrases = [[word for word, _ in subtree.leaves()]
+    tree = self.chunker.parse(self.tagger.tag(tokens))
+    phrases = [[word for word, _ in subtree.leaves() if _WORD.fullmatch(word)]
                for subtree in tree.subtrees(lambda t: t.label() == 'NP')]
-    return phrases[:self.max_phrases]
+    return [p for p in phrases if p][:self.max_phrases]
 
 
 def build_vocabulary(token_lists: Iterable[Sequence[str]], min_count: int = 2) -> list[str]:

@@ -28,6 +28,7 @@ class DatasetMeta:
   num_train_identities: int
   kept: dict  # split -> {images, captions, identities}
   splits: tuple
+  tagger: str = ''  # the POS tagger the phrases were made with ('' = not recorded: built before)
 
   @property
   def vocab_size(self) -> int:
@@ -46,7 +47,8 @@ def dataset_meta(data: ml_collections.ConfigDict) -> DatasetMeta:
   builder = _builder(data)
   metadata = builder.info.metadata
   return DatasetMeta(list(metadata['vocabulary']), int(metadata['num_train_identities']),
-                     dict(metadata['build_summary']['kept']), tuple(builder.info.splits))
+                     dict(metadata['build_summary']['kept']), tuple(builder.info.splits),
+                     metadata.get('tagger', ''))
 
 
 class TextEncoder:

@@ -27,6 +27,7 @@ from dssl_jax.data import captions as captions_lib
 
 ANNOTATION_FILE = 'reid_raw.json'
 IMAGE_SIZE = (288, 96)  # height, width: the 3:1 aspect of 384x128
+SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # of the identities: train, val, test
 _SUPERSAMPLE = 2  # draw at 2x, then downsample, for smooth edges
 
 COLOURS = {
@@ -347,8 +348,15 @@ def describe(person: Person, rng: np.random.Generator) -> str:
 # ----------------------------------------------------------------------------- the dataset
 
 
+def split_counts(identities: int, split_fractions) -> tuple[int, int, int]:
+  """Identities of train, val and test (test takes the rest; each split keeps at least one)."""
+  n_train = max(1, int(round(split_fractions[0] * identities)))
+  n_val = max(1, int(round(split_fractions[1] * identities)))
+  return n_train, n_val, identities - n_train - n_val
+
+
 def generate(out_dir: str, identities: int, seed: int = 0, images_per_identity: int = 4,
-             captions_per_image: int = 2, split_fractions=(0.7, 0.1, 0.2),
+             captions_per_image: int = 2, split_fractions=SPLIT_FRACTIONS,
              size: tuple[int, int] = IMAGE_SIZE) -> dict:
   """Writes the dataset; returns {split: (identities, images, captions)}. Deterministic in seed."""
   if identities < 3:
@@ -356,8 +364,7 @@ def generate(out_dir: str, identities: int, seed: int = 0, images_per_identity: 
   rng = np.random.default_rng(seed)
   people = sample_identities(identities, rng)
   order = rng.permutation(identities)
-  n_train = max(1, int(round(split_fractions[0] * identities)))
-  n_val = max(1, int(round(split_fractions[1] * identities)))
+  n_train, n_val, _ = split_counts(identities, split_fractions)
   split_of = {int(p): ('train' if r < n_train else 'val' if r < n_train + n_val else 'test')
               for r, p in enumerate(order)}
   os.makedirs(os.path.join(out_dir, 'imgs', 'synthetic'), exist_ok=True)

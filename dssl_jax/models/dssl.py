@@ -1,9 +1,10 @@
 """The DSSL model (paper Fig. 3): image and text encoders and every feature the losses name.
 
 Features: V_G, M_V, V_P, V_S, V_L (image); T_G, M_T, T_P, T_L (text); V_R = SPFM(T_P, V_S) and
-T_R = PDM(V_P) (pair); `logits` holds the shared ID classifier's output on each ID feature. A switch
-that removes a module makes its output the identity (no SPSM: V_P = V_G; no SDM: T_P = T_G,
-T_L = M_T; no SAM: V_L = M_V), and the features only it produces (V_S, V_R) are absent.
+T_R = PDM(V_P) (pair), V_R_pairs (every text in every image's surroundings); `logits` holds the
+shared ID classifier's output on each ID feature. A switch that removes a module makes its output
+the identity (no SPSM: V_P = V_G; no SDM: T_P = T_G, T_L = M_T; no SAM: V_L = M_V), and the
+features only it produces (V_S, V_R, V_R_pairs) are absent.
 
 Mixed precision (config.model.dtype = 'bfloat16'): the backbone and the GRU, where nearly all the
 FLOPs are, compute in bfloat16; parameters, BN statistics, the heads, every feature and the losses
@@ -101,12 +102,17 @@ class DSSL(nn.Module):
     return f
 
   def __call__(self, batch: dict, train: bool = True, frozen_backbone: bool = False) -> dict:
-    """Every feature of a batch of (image, caption) pairs, and the ID logits of each ID feature."""
+    """Every feature of a batch of (image, caption) pairs, and the ID logits of each ID feature.
+
+    V_R_pairs[i, j] = SPFM(T_P^j, V_S^i) places text j in image i's surroundings (Align II); under
+    jit it costs nothing when no loss reads it.
+    """
     f = self.encode_image(batch['image'], train, frozen_backbone)
     f |= self.encode_text(batch['tokens'], batch['token_mask'], batch['phrases'],
                           batch['phrase_mask'], train)
     if self.switches.separation:
       f['V_R'] = self.spfm(f['T_P'], f['V_S'])
+      f['V_R_pairs'] = self.spfm.pairwise(f['T_P'], f['V_S'])
     if self.switches.pdm:
       f['T_R'] = self.pdm(f['V_P'])
     f['logits'] = {name: self.id_classifier(f[name]) for name in id_features(self.switches)}

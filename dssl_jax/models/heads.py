@@ -47,10 +47,16 @@ class MLP(nn.Module):
   """p -> 2p -> p, ReLU between, tanh at the end: SPSM's branches, SPFM and PDM."""
   features: int
 
-  @nn.compact
+  def setup(self):
+    self.hidden = nn.Dense(2 * self.features)
+    self.out = nn.Dense(self.features)
+
   def __call__(self, x):
-    hidden = nn.relu(nn.Dense(2 * self.features, name='hidden')(x))
-    return jnp.tanh(nn.Dense(self.features, name='out')(hidden))
+    return self.from_hidden(self.hidden(x))
+
+  def from_hidden(self, pre_activation):
+    """The MLP after its first (affine) layer: what cannot be shared between pairs."""
+    return jnp.tanh(self.out(nn.relu(pre_activation)))
 
 
 def strip_pool(feature_map: jax.Array, k: int) -> jax.Array:
@@ -75,15 +81,29 @@ class SPFM(nn.Module):
   features: int
   fusion: str = 'add'
 
-  @nn.compact
-  def __call__(self, t_p, v_s):
-    if self.fusion == 'add':
-      fused = t_p + v_s
-    elif self.fusion == 'concat':
-      fused = jnp.concatenate([t_p, v_s], axis=-1)
-    else:
+  def setup(self):
+    if self.fusion not in ('add', 'concat'):
       raise UserError(f"config.model.spfm_fusion must be 'add' or 'concat', got {self.fusion!r}")
-    return MLP(self.features)(fused)
+    self.mlp = MLP(self.features)
+
+  def fuse(self, t_p, v_s):
+    return t_p + v_s if self.fusion == 'add' else jnp.concatenate([t_p, v_s], axis=-1)
+
+  def __call__(self, t_p, v_s):
+    return self.mlp(self.fuse(t_p, v_s))
+
+  def pairwise(self, t_p, v_s):
+    """V_R[i, j] = SPFM(T_P^j, V_S^i) for every surroundings i and text j: [B_s, B_t, p].
+
+    Both fusions are linear, so the first layer splits: W fuse(t, v) + b = (W fuse(t, 0) + b) +
+    (W fuse(0, v) + b) - b. It runs once per text and once per surroundings; only the second layer
+    runs per pair (Align II in the gallery's surroundings, see losses.align2_similarity).
+    """
+    text_only = self.fuse(t_p, jnp.zeros_like(t_p))
+    from_text = self.mlp.hidden(text_only)
+    from_surroundings = self.mlp.hidden(self.fuse(jnp.zeros_like(v_s), v_s))
+    bias = self.mlp.hidden(jnp.zeros_like(text_only[:1]))
+    return self.mlp.from_hidden(from_surroundings[:, None] + (from_text - bias)[None])
 
 
 class SAM(nn.Module):

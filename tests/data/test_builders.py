@@ -87,6 +87,7 @@ def test_build_counts_summary_vocabulary_and_pipeline(name, tmp_path, capsys):
     expected_splits['val'] = (1, 1)
   assert {s: (k['images'], k['captions']) for s, k in meta.kept.items()} == expected_splits
   assert meta.num_train_identities == 2
+  assert meta.tagger == captions.resolve_tagger(config.data.tagger)  # the one actually used
   # Train words seen twice: 'man', 'red', 'coat', ...; 'yellow' (test only) is unknown.
   assert meta.vocabulary[:2] == ['<pad>', '<unk>'] and 'yellow' not in meta.vocabulary
   assert {'man', 'red', 'coat', 'blue', 'dress', 'black'} <= set(meta.vocabulary)

@@ -60,17 +60,60 @@ def test_two_row_sweep_end_to_end(tiny_dataset, tmp_path, monkeypatch):
   assert list(rows) == ['DSSL', 'no SDM']
   with open(tmp_path / 'tiny.csv') as f:
     table = list(csv.reader(f))
-  assert table[0] == ['variant', 'R1', 'R5', 'R10', 'mAP', 'mINP']
+  assert table[0][:7] == ['variant', 'seeds', 'R1', 'R5', 'R10', 'mAP', 'mINP']
   assert [r[0] for r in table[1:]] == ['DSSL', 'no SDM']
   for row in table[1:]:
     with open(tmp_path / slug(row[0]) / 'results.json') as f:
-      assert float(row[1]) == pytest.approx(json.load(f)['R1'], abs=0.01)
+      assert float(row[2]) == pytest.approx(json.load(f)['R1'], abs=0.01)
   assert '| no SDM |' in (tmp_path / 'tiny.md').read_text()
   assert os.path.getsize(tmp_path / 'tiny.png') > 1000
   with open(tmp_path / 'no_SDM' / 'config.json') as f:
     assert json.load(f)['model']['sdm'] is False
   again = sweep_lib.run_sweep(config, 'configs/synthetic.py', 'tiny', str(tmp_path))
   assert again == rows  # finished rows are skipped, not retrained
+
+
+def test_seeds_table_reports_mean_std_and_every_seed(tmp_path, monkeypatch, capsys):
+  """--seeds=3: one sub-workdir and config.seed per run, mean ± std (n - 1) over them."""
+  monkeypatch.setitem(SWEEPS, 'tiny', [('DSSL', {}), ('no SAM', {'model.sam': False})])
+  trained = []
+
+  def fake_run(config, workdir, mode):  # a "training" whose R1 is a function of the row and seed
+    trained.append((workdir, config.seed, config.model.sam))
+    r1 = 50 + 10 * config.model.sam + config.seed
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump({'R1': r1, 'R5': 80.0, 'R10': 90.0, 'mAP': r1 / 2, 'mINP': 20.0}, f)
+
+  monkeypatch.setattr(sweep_lib.dssl_main, 'run', fake_run)
+  config = tiny_model_config()
+  config.seed = 4
+  rows = sweep_lib.run_sweep(config, 'configs/synthetic.py', 'tiny', str(tmp_path), seeds=3)
+  assert [(os.path.relpath(w, tmp_path), s, sam) for w, s, sam in trained] == [
+      ('DSSL/seed4', 4, True), ('DSSL/seed5', 5, True), ('DSSL/seed6', 6, True),
+      ('no_SAM/seed4', 4, False), ('no_SAM/seed5', 5, False), ('no_SAM/seed6', 6, False)]
+  assert [r['R1'] for r in rows['no SAM']] == [54, 55, 56]
+  with open(tmp_path / 'tiny.csv') as f:
+    table = list(csv.DictReader(f))
+  assert table[0]['variant'] == 'DSSL' and table[0]['seeds'] == '3'
+  assert (table[0]['R1'], table[0]['R1_std'], table[0]['mAP_std']) == ('65.00', '1.00', '0.50')
+  assert [table[1][f'R1_run{k}'] for k in range(3)] == ['54.00', '55.00', '56.00']
+  markdown = (tmp_path / 'tiny.md').read_text()
+  assert 'Mean ± std over 3 seeds' in markdown and '| no SAM | 55.00 ± 1.00 |' in markdown
+  assert os.path.getsize(tmp_path / 'tiny.png') > 1000
+  trained.clear()
+  sweep_lib.run_sweep(config, 'configs/synthetic.py', 'tiny', str(tmp_path), seeds=3)
+  assert not trained  # finished seeds are skipped
+  os.remove(tmp_path / 'no_SAM' / 'seed6' / 'results.json')
+  rows = sweep_lib.run_sweep(config, 'configs/synthetic.py', 'tiny', str(tmp_path), seeds=3,
+                             table_only=True)
+  assert len(rows['no SAM']) == 2 and not trained
+  assert '| no SAM (2 of 3 seeds) | 54.50 ± 0.71 |' in (tmp_path / 'tiny.md').read_text()
+  sweep_lib.run_sweep(config, 'configs/synthetic.py', 'tiny', str(tmp_path / 'dry'), seeds=2,
+                      dry_run=True)
+  assert capsys.readouterr().out.count('--config.seed=5') == 2
+  with pytest.raises(UserError, match='--seeds=0'):
+    sweep_lib.run_sweep(config, 'configs/synthetic.py', 'tiny', str(tmp_path), seeds=0)
 
 
 def test_dry_run_prints_one_command_per_row(capsys):

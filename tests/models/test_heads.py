@@ -1,4 +1,6 @@
 """The heads' equations against direct computations."""
+import itertools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -99,7 +101,20 @@ def test_spfm_fusions_and_tanh_range():
   for fusion, width in (('add', 4), ('concat', 8)):
     spfm = heads.SPFM(4, fusion)
     variables = spfm.init(jax.random.key(0), t_p, v_s)
-    assert variables['params']['MLP_0']['hidden']['kernel'].shape == (width, 8)
-    assert np.abs(spfm.apply(variables, t_p, v_s)).max() < 1
+    assert variables['params']['mlp']['hidden']['kernel'].shape == (width, 8)
+    assert np.abs(spfm.apply(variables, t_p, v_s)).max() <= 1  # tanh (saturates in float32)
   with pytest.raises(UserError, match='spfm_fusion'):
     heads.SPFM(4, 'mean').init(jax.random.key(0), t_p, v_s)
+
+
+@pytest.mark.parametrize('fusion', ['add', 'concat'])
+def test_spfm_pairwise_equals_one_fusion_per_pair(fusion):
+  rng = np.random.default_rng(4)
+  t_p, v_s = rng.normal(size=(2, 5, 6)).astype(np.float32)
+  spfm = heads.SPFM(6, fusion)
+  variables = spfm.init(jax.random.key(1), t_p, v_s)
+  pairs = np.asarray(spfm.apply(variables, t_p, v_s[:3], method=heads.SPFM.pairwise))
+  assert pairs.shape == (3, 5, 6)
+  for i, j in itertools.product(range(3), range(5)):
+    np.testing.assert_allclose(pairs[i, j], spfm.apply(variables, t_p[j:j + 1], v_s[i:i + 1])[0],
+                               rtol=1e-5, atol=1e-6)

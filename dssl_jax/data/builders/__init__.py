@@ -21,7 +21,10 @@ def data_dir(data: ml_collections.ConfigDict) -> str:
 
 def _synthetic_name(data) -> str:
   s = data.synthetic
-  return f'synthetic_ids{s.identities}_img{s.images_per_identity}_seed{s.seed}'
+  name = f'synthetic_ids{s.identities}_img{s.images_per_identity}_seed{s.seed}'
+  if tuple(s.split_fractions) != synthetic.SPLIT_FRACTIONS:
+    name += '_split' + '-'.join(map(str, synthetic.split_counts(s.identities, s.split_fractions)))
+  return name
 
 
 def manual_dir(data: ml_collections.ConfigDict) -> str:
@@ -50,7 +53,8 @@ def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
       os.path.join(raw, annotations.FORMATS['cuhk_pedes'].annotation_file)):
     s = data.synthetic
     print(f'generating the synthetic raw dataset in {raw} ...', flush=True)
-    synthetic.generate(raw, s.identities, s.seed, s.images_per_identity)
+    synthetic.generate(raw, s.identities, s.seed, s.images_per_identity,
+                       split_fractions=tuple(s.split_fractions))
   builder = get_builder(data)
   if builder.is_prepared():
     _check_build_options(builder)

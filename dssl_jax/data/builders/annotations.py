@@ -9,7 +9,7 @@ import collections
 import dataclasses
 import json
 import os
-from typing import Callable, Sequence
+from typing import Callable
 
 from absl import logging
 from PIL import Image
@@ -108,7 +108,7 @@ def check_image(path: str) -> str | None:
   return None
 
 
-def read_records(name: str, manual_dir: str, phrase_extractor: Callable[[Sequence[str]], list],
+def read_records(name: str, manual_dir: str, phrase_extractor: Callable[[str], list],
                  strict: bool = False) -> tuple[list[Record], BuildSummary]:
   """Valid records of every split; each skipped entry or caption is logged and summarised."""
   fmt = FORMATS[name]
@@ -148,7 +148,7 @@ def read_records(name: str, manual_dir: str, phrase_extractor: Callable[[Sequenc
     for j in [j for j, t in enumerate(tokens) if not t]:
       summary.skip(f'{where} caption {j}', 'empty caption', strict)
     records.append(Record(file, person_id, split, [
-        Caption(text, words, phrase_extractor(words)) for text, words in zip(texts, tokens)
+        Caption(text, words, phrase_extractor(text)) for text, words in zip(texts, tokens)
         if words]))
   for split in fmt.splits:
     in_split = [r for r in records if r.split == split]

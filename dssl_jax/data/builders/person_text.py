@@ -53,8 +53,8 @@ class PersonTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
     manual_dir = str(dl_manager.manual_dir)
-    extractor = captions_lib.PhraseExtractor(captions_lib.make_tagger(config.tagger),
-                                             config.max_phrases)
+    tagger = captions_lib.resolve_tagger(config.tagger)
+    extractor = captions_lib.PhraseExtractor(captions_lib.make_tagger(tagger), config.max_phrases)
     records, summary = annotations.read_records(self.FORMAT, manual_dir, extractor,
                                                 config.strict)
     train = [r for r in records if r.split == 'train']
@@ -63,6 +63,7 @@ class PersonTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         'vocabulary': captions_lib.build_vocabulary(
             (c.tokens for r in train for c in r.captions), config.min_word_count),
         'num_train_identities': len(labels),
+        'tagger': tagger,  # the one the phrases were made with; queries must use the same
         'build_summary': summary.as_dict(),
         'build_options': dataclasses.asdict(config) | {'manual_dir': manual_dir},
     })
