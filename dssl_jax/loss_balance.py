@@ -15,6 +15,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from dssl_jax import losses
 from dssl_jax.data import pipeline
@@ -54,8 +55,7 @@ def term_gradients(config: ml_collections.ConfigDict, variables: dict, batch: di
       terms = terms_fn(params)
       return sum(w * terms[n] for w, n in zip(weights, names)), terms
     grads, terms = jax.grad(total, has_aux=True)(params)
-    norms = {g: jnp.sqrt(sum(jnp.sum(x * x) for k, sub in grads.items()
-                             if parameter_group(k) == g for x in jax.tree.leaves(sub)))
+    norms = {g: optax.global_norm({k: sub for k, sub in grads.items() if parameter_group(k) == g})
              for g in GROUPS}
     return terms, norms
 

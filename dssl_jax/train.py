@@ -82,7 +82,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config, stage: int)
       total, terms = losses.stage1_loss(features, batch)
     else:
       total, terms = losses.stage2_loss(features, batch, config)
-      terms |= {f'separation/{k}': v for k, v in losses.separation_stats(features).items()}
+      terms |= {reports.SEPARATION + k: v for k, v in losses.separation_stats(features).items()}
     return total, (terms, updates['batch_stats'])
 
   (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
