@@ -6,9 +6,12 @@ train: stage-1 and stage-2 step time on random data of the config's shapes (no d
 compile time, FLOPs per step from XLA's cost analysis and the FLOP/s achieved. reference: the same
 plain model (ResNet + bi-GRU + ID and ranking losses, Adam) timed in JAX and in PyTorch
 (dssl_jax/torch_reference.py, a child process), per branch and whole, with the ratio. eval: gallery
-and query encoding rates, and Sim_TI + metrics + re-ranking on random features of CUHK-PEDES test
-size. input: the tf.data train pipeline alone (needs the built dataset). search: query latency on a
-random index. Warm-up excluded; medians. Set JAX_NUM_CPU_DEVICES=N to time N virtual CPU devices.
+and query encoding rates, and Sim_TI on random features of CUHK-PEDES test size. ranking: metrics,
+the texts' nearest neighbours (a [Q, Q] matmul), re-ranking + its metrics and image-to-text metrics
+of a random similarity matrix (--gallery x --queries): time, and peak memory beyond the matrix.
+input: the tf.data train pipeline alone (needs the built dataset). search: query latency on a
+random index, two stages and exact. Warm-up excluded; medians. Set JAX_NUM_CPU_DEVICES=N to time
+N virtual CPU devices.
 """
 import os
 
@@ -36,9 +39,9 @@ from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
 from dssl_jax.models.resnet import ResNet
 from dssl_jax.models.text import TextEncoder
-from dssl_jax.timing import median_seconds
+from dssl_jax.timing import median_seconds, peak_megabytes
 
-WHAT = ('train', 'reference', 'eval', 'input', 'search')
+WHAT = ('train', 'reference', 'eval', 'ranking', 'input', 'search')
 flags.DEFINE_list('what', ['train'], f'What to time, one or several of {",".join(WHAT)}.')
 flags.DEFINE_integer('batch', 0, 'Batch size (default: config.train.batch_size).')
 flags.DEFINE_integer('reps', 3, 'Timed repetitions after one warm-up.')
@@ -189,20 +192,34 @@ def bench_eval(config, batch_size: int, reps: int):
   queries = {'T_P': rng.normal(size=(FLAGS.queries, p)).astype(np.float32),
              'T_L': rng.normal(size=(FLAGS.queries, n, p)).astype(np.float32),
              'phrase_valid': np.arange(n) < rng.integers(1, n + 1, FLAGS.queries)[:, None]}
+  sim_s = median_seconds(lambda: evaluate.similarity(gallery, queries, config.eval.lambda1,
+                                                     config.eval.lambda2), 1)
+  _emit({'what': 'eval_similarity', 'gallery': FLAGS.gallery, 'queries': FLAGS.queries,
+         'embed_dim': p, 'similarity_s': round(sim_s, 2)})
+
+
+def bench_ranking(config):
+  """Metrics and re-ranking (+ its metrics) of a random [queries, gallery] similarity (3 images per
+  person), with the peak memory each needs beyond that matrix."""
+  rng = np.random.default_rng(0)
+  sim = rng.random((FLAGS.queries, FLAGS.gallery), np.float32)
   gallery_ids = np.arange(FLAGS.gallery) // 3
   query_ids = rng.choice(gallery_ids, FLAGS.queries)
-  sim = None
-  def similarity():
-    nonlocal sim
-    sim = evaluate.similarity(gallery, queries, config.eval.lambda1, config.eval.lambda2)
-  sim_s = median_seconds(similarity, 1)
-  metrics_s = median_seconds(lambda: evaluate.retrieval_metrics(sim, query_ids, gallery_ids), 1)
-  texts_sim = queries['T_P'] @ queries['T_P'].T
-  rerank_s = median_seconds(lambda: rerank.rerank(sim, texts_sim, config.eval.rerank_k1,
-                                          config.eval.rerank_k_near), 1)
-  _emit({'what': 'eval_rank', 'gallery': FLAGS.gallery, 'queries': FLAGS.queries, 'embed_dim': p,
-         'similarity_s': round(sim_s, 2), 'metrics_s': round(metrics_s, 2),
-         'rerank_s': round(rerank_s, 2)})
+  texts = rng.normal(size=(FLAGS.queries, config.model.embed_dim)).astype(np.float32)
+  texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+  neighbours = rerank.nearest_texts(texts, config.eval.rerank_k_near)
+  stages = {
+      'metrics': lambda: evaluate.retrieval_metrics(sim, query_ids, gallery_ids),
+      'text_neighbours': lambda: rerank.nearest_texts(texts, config.eval.rerank_k_near),
+      'rerank': lambda: evaluate.retrieval_metrics(
+          sim, query_ids, gallery_ids, rerank.rerank(sim, neighbours, config.eval.rerank_k1)),
+      'image_to_text': lambda: evaluate.retrieval_metrics(sim.T, gallery_ids, query_ids)}
+  record = {'what': 'ranking', 'gallery': FLAGS.gallery, 'queries': FLAGS.queries,
+            'similarity_mb': round(sim.nbytes / 2**20)}
+  for name, fn in stages.items():
+    record[f'{name}_s'] = round(median_seconds(fn, FLAGS.reps), 2)
+    record[f'{name}_peak_mb'] = round(peak_megabytes(fn), 1)
+  _emit(record)
 
 
 def bench_input(config, reps: int):
@@ -218,7 +235,8 @@ def bench_input(config, reps: int):
 
 
 def bench_search(config, size: int, shard_size: int = 50_000):
-  """Query latency over `size` indexed images (random float16 features, as the index stores)."""
+  """Query latency over `size` indexed images (random features in the index's format): two stages
+  (--candidates) and the exact scan, warm page cache."""
   import shutil  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   p, k, n = config.model.embed_dim, config.model.num_strips, config.data.max_phrases
@@ -228,27 +246,27 @@ def bench_search(config, size: int, shard_size: int = 50_000):
     start, shards = time.perf_counter(), []
     for number, first in enumerate(range(0, size, shard_size)):
       count = min(shard_size, size - first)
-      name = f'shard_{number:05d}.npz'
-      v_l = rng.standard_normal((count, k, p), np.float32).astype(np.float16)
-      with open(os.path.join(folder, name), 'wb') as f:
-        np.savez(f, paths=np.array([f'{i:08d}.jpg' for i in range(first, first + count)]),
-                 V_P=rng.standard_normal((count, p), np.float32).astype(np.float16), V_L=v_l,
-                 V_L_gram=np.asarray(evaluate.gallery_gram(v_l.astype(np.float32))))
-      shards.append({'file': name, 'count': count, 'stale': []})
+      shards.append(search.write_shard(
+          folder, f'shard_{number:05d}', [f'{i:08d}.jpg' for i in range(first, first + count)],
+          rng.standard_normal((count, p), np.float32),
+          rng.standard_normal((count, k, p), np.float32).astype(np.float16)))
     with open(os.path.join(folder, search.MANIFEST), 'w') as f:
-      json.dump({'fingerprint': {}, 'images': '', 'shards': shards}, f)
+      json.dump({'version': search.VERSION, 'fingerprint': {}, 'images': '', 'shards': shards}, f)
     build_s = time.perf_counter() - start
     index = search.Index(folder)
-    size_gb = sum(os.path.getsize(os.path.join(folder, s['file'])) for s in shards) / 2**30
+    size_mb = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / 2**20
+    first_stage_mb = sum(index.array(s, 'V_P').nbytes for s in range(len(shards))) / 2**20
     for count in (1, 10):
       queries = {'T_P': rng.standard_normal((count, p), np.float32),
                  'T_L': rng.standard_normal((count, n, p), np.float32),
                  'phrase_valid': np.arange(n) < rng.integers(1, n + 1, count)[:, None]}
-      run = lambda: search.search(index, queries, 10, config.eval.lambda1, config.eval.lambda2)
-      seconds = median_seconds(run, 1)
+      run = lambda m: search.search(index, queries, 10, config.eval.lambda1, config.eval.lambda2, m)
+      two_stage = median_seconds(lambda: run(FLAGS.candidates), 1)
+      exact = median_seconds(lambda: run(None), 1)
       _emit({'what': 'search', 'index_size': size, 'queries': count, 'embed_dim': p,
-             'seconds': round(seconds, 2), 'index_gb': round(size_gb, 2),
-             'write_random_index_s': round(build_s, 1)})
+             'candidates': FLAGS.candidates, 'two_stage_s_per_query': round(two_stage / count, 3),
+             'exact_s_per_query': round(exact / count, 3), 'index_mb': round(size_mb, 2),
+             'first_stage_mb': round(first_stage_mb, 2), 'write_random_index_s': round(build_s, 1)})
   finally:
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -271,6 +289,8 @@ def main(argv):
         bench_reference(config, batch, FLAGS.reps)
       elif what == 'eval':
         bench_eval(config, FLAGS.batch or config.eval.batch_size, FLAGS.reps)
+      elif what == 'ranking':
+        bench_ranking(config)
       elif what == 'search':
         bench_search(config, FLAGS.index_size)
       else:

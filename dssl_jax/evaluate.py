@@ -14,36 +14,50 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from dssl_jax import ranking
 from dssl_jax.models.heads import cross_attention_similarity, l2_normalize, part_gram
 
 GALLERY_FEATURES = ('V_P', 'V_L')
 QUERY_FEATURES = ('T_P', 'T_L', 'phrase_valid')
 
 
-def retrieval_metrics(similarity: np.ndarray, query_ids: np.ndarray,
-                      gallery_ids: np.ndarray) -> dict:
+def retrieval_metrics(similarity: np.ndarray, query_ids: np.ndarray, gallery_ids: np.ndarray,
+                      head: np.ndarray | None = None) -> dict:
   """R@1/5/10, mAP and mINP (percent) of ranking the gallery for each query (row).
 
   As the field's reference evaluation: every gallery entry of the query's person is relevant;
   R@k succeeds if one is in the top k; AP is non-interpolated; INP = relevant count / 1-based rank
   of the last relevant. Ties keep gallery order. Queries whose person is not in the gallery have no
   defined rank: they are left out of every average and counted in `queries_without_match`.
+  `head` [Q, K]: a new order of each row's top K (re-ranking's output); the rest keep their ranks.
+  Only the relevant entries' ranks are computed, `ranking.CHUNK` rows at a time.
   """
-  order = np.argsort(-similarity, axis=1, kind='stable')
-  matches = gallery_ids[order] == query_ids[:, None]  # [Q, G], by rank
-  relevant = matches.sum(axis=1)
-  has_match = relevant > 0
-  matches, relevant = matches[has_match], relevant[has_match]
-  ranks = np.arange(1, matches.shape[1] + 1)
-  hits_so_far = np.cumsum(matches, axis=1)
-  average_precision = (hits_so_far / ranks * matches).sum(axis=1) / relevant
-  last_hit = matches.shape[1] - np.argmax(matches[:, ::-1], axis=1)
-  first_hit = np.argmax(matches, axis=1) + 1
+  by_id = np.argsort(gallery_ids, kind='stable')
+  ids, starts = np.unique(gallery_ids[by_id], return_index=True)
+  bounds = np.append(starts, len(by_id))
+  first_hit, average_precision, inverse_negative = [], [], []
+  for rows in ranking.chunks(len(similarity)):
+    block = np.ascontiguousarray(similarity[rows])  # also a transposed matrix's rows
+    sorted_block = np.sort(block, axis=1)
+    for i, q in enumerate(range(rows.start, rows.stop)):
+      at = np.searchsorted(ids, query_ids[q])
+      if at == len(ids) or ids[at] != query_ids[q]:
+        continue
+      relevant = by_id[bounds[at]:bounds[at + 1]]
+      ranks = ranking.ranks_in_row(block[i], sorted_block[i], relevant)
+      if head is not None:
+        moved, position = np.nonzero(relevant[:, None] == head[q][None, :])
+        ranks[moved] = position
+      ranks = np.sort(ranks) + 1
+      first_hit.append(ranks[0])
+      average_precision.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
+      inverse_negative.append(len(ranks) / ranks[-1])
+  first_hit = np.array(first_hit)
   percent = lambda x: float(100 * np.mean(x)) if len(x) else 0.0
   return {'R1': percent(first_hit <= 1), 'R5': percent(first_hit <= 5),
           'R10': percent(first_hit <= 10), 'mAP': percent(average_precision),
-          'mINP': percent(relevant / last_hit),
-          'queries': int(has_match.sum()), 'queries_without_match': int((~has_match).sum())}
+          'mINP': percent(inverse_negative),
+          'queries': len(first_hit), 'queries_without_match': len(similarity) - len(first_hit)}
 
 
 @functools.partial(jax.jit, static_argnames=('lambda1', 'lambda2'))

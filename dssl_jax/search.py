@@ -2,11 +2,15 @@
 
   python -m dssl_jax.search index --workdir W --images DIR [--index IDX]
   python -m dssl_jax.search query --workdir W [--index IDX] "a man in a black jacket" [--top K]
+  python -m dssl_jax.search recall --workdir W [--index IDX] --queries_file F [--top K]
 
 `index` encodes every jpg/png under DIR (resized like the test pipeline) and stores what Sim_TI
-needs of each image (V_P, V_L, float16) in shards; rerunning encodes only new or changed files.
-`query` tokenizes with the training vocabulary, encodes the sentence and its noun phrases, and
-streams over the shards keeping an exact top-K, so memory stays bounded at any index size.
+needs of each image (unit V_P, V_L and the strips' Gram matrices, float16) in shards of .npy files;
+rerunning encodes only new or changed files. `query` tokenizes with the training vocabulary and
+encodes the sentence and its noun phrases, then searches in two stages: cos(V_P, T_P) over every
+image (usearch's exact SIMD scan of the memory-mapped float16 V_P, no copy), keeping the best
+`--candidates`; then the full Sim_TI on those only, reading their V_L rows by index. `--exact`
+scores every image with Sim_TI instead. Memory stays bounded at any index size.
 Every write is atomic: a shard, then the file list, then the manifest that makes them visible.
 """
 import json
@@ -31,11 +35,15 @@ flags.DEFINE_string('index', None, 'The index folder (default: WORKDIR/index).')
 flags.DEFINE_integer('top', 10, 'query: how many results per query.')
 flags.DEFINE_string('queries_file', None, 'query: more queries, one per line.')
 flags.DEFINE_bool('json', False, 'query: print one JSON object per query instead of text.')
-flags.DEFINE_integer('shard_size', 50_000, 'index: images per shard file.')
+flags.DEFINE_integer('shard_size', 50_000, 'index: images per shard.')
+flags.DEFINE_integer('candidates', 1000, 'query: images per query that the first stage (global '
+                     'features) passes to the full Sim_TI.')
+flags.DEFINE_bool('exact', False, 'query: score every image with the full Sim_TI (slow).')
 FLAGS = flags.FLAGS
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 MANIFEST, FILES = 'manifest.json', 'files.json'
+VERSION = 2  # 1: one .npz per shard (not memory-mappable)
 
 
 def _write_json(path: str, value):
@@ -113,6 +121,10 @@ class Index:
     if os.path.exists(os.path.join(folder, MANIFEST)):
       with open(os.path.join(folder, MANIFEST)) as f:
         self.manifest = json.load(f)
+      if self.manifest.get('version') != VERSION:
+        raise UserError(f'the index in {folder} has an older format (one .npz per shard): delete '
+                        'it and rebuild it with python -m dssl_jax.search index --workdir W '
+                        '--images DIR')
 
   def check(self, fingerprint: dict):
     if self.manifest is None:
@@ -124,14 +136,33 @@ class Index:
                       f'{self.manifest["fingerprint"]["vocabulary"]} words): use another --index '
                       'or delete it')
 
-  def shards(self):
-    """(paths, features, valid) of each shard, one at a time; features as evaluate.similarity
-    takes them (V_P, V_L float16 and the strips' Gram matrices)."""
-    for shard in self.manifest['shards']:
-      with np.load(os.path.join(self.folder, shard['file'])) as data:
-        valid = np.ones(len(data['paths']), bool)
-        valid[shard['stale']] = False
-        yield data['paths'], {k: data[k] for k in ('V_P', 'V_L', 'V_L_gram')}, valid
+  def array(self, shard: int, name: str) -> np.ndarray:
+    """A shard's paths, V_P, V_L or V_L_gram, memory-mapped: rows are read when used."""
+    stem = self.manifest['shards'][shard]['name']
+    return np.load(os.path.join(self.folder, f'{stem}.{name}.npy'), mmap_mode='r')
+
+  def valid(self, shard: int) -> np.ndarray:
+    valid = np.ones(self.manifest['shards'][shard]['count'], bool)
+    valid[self.manifest['shards'][shard]['stale']] = False
+    return valid
+
+  def features(self, shard: int, rows=slice(None)) -> dict:
+    """What evaluate.similarity takes of the gallery, for `rows` of a shard."""
+    return {k: np.asarray(self.array(shard, k)[rows]) for k in ('V_P', 'V_L', 'V_L_gram')}
+
+
+def write_shard(folder: str, name: str, paths: list, v_p: np.ndarray, v_l: np.ndarray) -> dict:
+  """A shard's .npy files (each written, then renamed), and its manifest entry."""
+  v_p = v_p / np.maximum(np.linalg.norm(v_p, axis=1, keepdims=True), 1e-12)  # cosines: dot products
+  v_l = v_l.astype(np.float16)
+  arrays = {'paths': np.array(paths, str), 'V_P': v_p.astype(np.float16), 'V_L': v_l,
+            'V_L_gram': np.asarray(evaluate.gallery_gram(v_l.astype(np.float32)))}
+  for key, value in arrays.items():
+    path = os.path.join(folder, f'{name}.{key}.npy')
+    with open(path + '.tmp', 'wb') as f:
+      np.save(f, value)
+    os.replace(path + '.tmp', path)
+  return {'name': name, 'count': len(paths), 'stale': []}
 
 
 def build_index(searcher: Searcher, images: str, folder: str, shard_size: int) -> dict:
@@ -141,8 +172,8 @@ def build_index(searcher: Searcher, images: str, folder: str, shard_size: int) -
   index = Index(folder)
   os.makedirs(folder, exist_ok=True)
   if index.manifest is None:
-    index.manifest = {'fingerprint': searcher.fingerprint, 'images': os.path.abspath(images),
-                      'shards': []}
+    index.manifest = {'version': VERSION, 'fingerprint': searcher.fingerprint,
+                      'images': os.path.abspath(images), 'shards': []}
     files = {}
   else:
     index.check(searcher.fingerprint)
@@ -170,42 +201,93 @@ def build_index(searcher: Searcher, images: str, folder: str, shard_size: int) -
       print(f'indexed {done}/{len(todo)} images, {rate:.1f} img/s, '
             f'ETA {(len(todo) - done) / rate:.0f}s', flush=True)
     number = len(index.manifest['shards'])
-    name = f'shard_{number:05d}.npz'
-    v_l = np.concatenate([v for _, _, v in parts]).astype(np.float16)
-    with open(os.path.join(folder, name + '.tmp'), 'wb') as f:
-      np.savez(f, paths=np.array([p for ps, _, _ in parts for p in ps]),
-               V_P=np.concatenate([v for _, v, _ in parts]).astype(np.float16), V_L=v_l,
-               V_L_gram=np.asarray(evaluate.gallery_gram(v_l.astype(np.float32))))
-    os.replace(os.path.join(folder, name + '.tmp'), os.path.join(folder, name))
+    shard = write_shard(folder, f'shard_{number:05d}', [p for ps, _, _ in parts for p in ps],
+                        np.concatenate([v for _, v, _ in parts]),
+                        np.concatenate([v for _, _, v in parts]))
     for row, path in enumerate(chunk):
       if path in files:  # the old features of a changed file
         index.manifest['shards'][files[path]['shard']]['stale'].append(files[path]['row'])
       files[path] = {'stamp': stamp(path), 'shard': number, 'row': row}
-    index.manifest['shards'].append({'file': name, 'count': len(chunk), 'stale': []})
+    index.manifest['shards'].append(shard)
     _write_json(os.path.join(folder, FILES), files)
     _write_json(os.path.join(folder, MANIFEST), index.manifest)
   return {'found': len(found), 'encoded': len(todo), 'unreadable': len(unreadable),
           'indexed': len(files)}
 
 
-def search(index: Index, queries: dict, top: int, lambda1: float, lambda2: float) -> list:
-  """Exact top-`top` (path, score) of each query over every shard, one shard in memory at a time."""
-  best = [(np.empty(0, object), np.empty(0)) for _ in range(len(queries['T_P']))]
-  for paths, features, valid in index.shards():
-    sim = evaluate.similarity(features, queries, lambda1, lambda2, chunk=len(queries['T_P']))
-    sim[:, ~valid] = -np.inf
-    for q, (kept_paths, kept_scores) in enumerate(best):
-      scores = np.concatenate([kept_scores, sim[q]])
-      order = np.argsort(-scores, kind='stable')[:top]
-      best[q] = (np.concatenate([kept_paths, paths.astype(object)])[order], scores[order])
-  return [[(str(p), float(s)) for p, s in zip(paths, scores) if np.isfinite(s)]
-          for paths, scores in best]
+def search(index: Index, queries: dict, top: int, lambda1: float, lambda2: float,
+           candidates: int | None = 1000) -> list:
+  """The top-`top` (path, score) of each query, best first. candidates=None: Sim_TI of every
+  image (exact); else Sim_TI of the `candidates` images of highest cos(V_P, T_P) (two stages)."""
+  count = len(queries['T_P'])
+  if not index.manifest['shards']:
+    return [[] for _ in range(count)]
+  if candidates is None:
+    picked = [(s, np.flatnonzero(index.valid(s))) for s in range(len(index.manifest['shards']))]
+    sims = [evaluate.similarity(index.features(s), queries, lambda1, lambda2, chunk=count)[:, rows]
+            for s, rows in picked]
+    return [_best(index, top, picked, np.concatenate([sim[q] for sim in sims]))
+            for q in range(count)]
+  size = min(candidates, sum(shard['count'] for shard in index.manifest['shards']))
+  results = []
+  for q, picked in enumerate(first_stage(index, queries['T_P'], candidates)):
+    if not picked:  # every candidate stale
+      results.append([])
+      continue
+    parts = [index.features(s, rows) for s, rows in picked]
+    gallery = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+    found = len(gallery['V_P'])  # padded to one shape for every query: one compilation
+    gallery = {k: np.concatenate([v, np.repeat(v[-1:], size - found, axis=0)])
+               for k, v in gallery.items()}
+    scores = evaluate.similarity(gallery, {k: v[q:q + 1] for k, v in queries.items()}, lambda1,
+                                 lambda2, chunk=1)[0, :found]
+    results.append(_best(index, top, picked, scores))
+  return results
+
+
+def first_stage(index: Index, t_p: np.ndarray, candidates: int) -> list:
+  """For each query, [(shard, sorted rows)] of the `candidates` (valid) images of highest
+  cos(V_P, T_P): usearch's exact scan of each memory-mapped shard, then the best over shards."""
+  from usearch.index import MetricKind, search as exact_scan  # pylint: disable=g-import-not-at-top
+  t_p = (t_p / np.linalg.norm(t_p, axis=1, keepdims=True)).astype(np.float16)
+  shard_of, rows, cosines = [], [], []  # [Q, M] per shard
+  for s in range(len(index.manifest['shards'])):
+    v_p = index.array(s, 'V_P')
+    matches = exact_scan(v_p, t_p, min(candidates, len(v_p)), MetricKind.IP, exact=True)
+    found = matches.keys.reshape(len(t_p), -1)
+    shard_of.append(np.full(found.shape, s))
+    rows.append(found)
+    cosines.append(np.where(index.valid(s)[found], 1 - matches.distances.reshape(found.shape),
+                            -np.inf))
+  shard_of, rows, cosines = (np.concatenate(x, axis=1) for x in (shard_of, rows, cosines))
+  picked = []
+  for q, best in enumerate(np.argsort(-cosines, axis=1, kind='stable')[:, :candidates]):
+    best = best[np.isfinite(cosines[q, best])]
+    picked.append([(s, np.sort(rows[q, best][shard_of[q, best] == s]))
+                   for s in np.unique(shard_of[q, best])])
+  return picked
+
+
+def recall(index: Index, queries: dict, top: int, lambda1: float, lambda2: float,
+           candidates: tuple = (10, 30, 100, 300, 1000)) -> dict:
+  """{M: the share of the exact top-`top` that two stages with M candidates return}."""
+  exact = [{p for p, _ in hits} for hits in search(index, queries, top, lambda1, lambda2, None)]
+  return {m: float(np.mean([len(want & {p for p, _ in hits}) / max(len(want), 1) for want, hits in
+                            zip(exact, search(index, queries, top, lambda1, lambda2, m))]))
+          for m in candidates}
+
+
+def _best(index: Index, top: int, picked: list, scores: np.ndarray) -> list:
+  """The `top` (path, score) of one query; scores: of `picked`'s rows, shard after shard."""
+  order = np.argsort(-scores, kind='stable')[:top]
+  paths = np.concatenate([index.array(s, 'paths')[rows] for s, rows in picked])
+  return [(str(paths[i]), float(scores[i])) for i in order]
 
 
 def main(argv):
   dssl_main.quiet_logging()
-  if len(argv) < 2 or argv[1] not in ('index', 'query'):
-    raise app.UsageError('usage: python -m dssl_jax.search index|query --workdir W ...')
+  if len(argv) < 2 or argv[1] not in ('index', 'query', 'recall'):
+    raise app.UsageError('usage: python -m dssl_jax.search index|query|recall --workdir W ...')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
   folder = FLAGS.index or os.path.join(FLAGS.workdir, 'index')
@@ -222,14 +304,20 @@ def main(argv):
       with open(FLAGS.queries_file) as f:
         texts += [line.strip() for line in f if line.strip()]
     if not texts:
-      raise UserError('query needs at least one sentence (or --queries_file)')
+      raise UserError(f'{argv[1]} needs at least one sentence (or --queries_file)')
     index = Index(folder)
     searcher = Searcher(FLAGS.workdir)
     index.check(searcher.fingerprint)
     queries, unknown = searcher.encode_queries(texts)
-    start = time.time()
     e = searcher.config.eval
-    results = search(index, queries, FLAGS.top, e.lambda1, e.lambda2)
+    if argv[1] == 'recall':
+      for m, share in recall(index, queries, FLAGS.top, e.lambda1, e.lambda2).items():
+        print(f'{m} candidates: {100 * share:.2f}% of the exact top-{FLAGS.top} of '
+              f'{len(texts)} queries')
+      return
+    start = time.time()
+    results = search(index, queries, FLAGS.top, e.lambda1, e.lambda2,
+                     None if FLAGS.exact else FLAGS.candidates)
     seconds = time.time() - start
     for text, words, hits in zip(texts, unknown, results):
       if FLAGS.json:

@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from dssl_jax import evaluate, losses, reports, weights
 from dssl_jax.data import pipeline
 from dssl_jax.errors import UserError
-from dssl_jax.models import dssl
+from dssl_jax.models import dssl, heads
 
 
 @flax.struct.dataclass
@@ -337,12 +337,12 @@ class Trainer:
     metrics = dict(result['metrics'])
     rows = {'DSSL': metrics}
     if config.eval.rerank:
-      text_similarity = np.asarray(losses.cosine_matrix(result['queries']['T_P'],
-                                                        result['queries']['T_P']))
-      reranked = rerank.rerank(result['similarity'], text_similarity, config.eval.rerank_k1,
-                               config.eval.rerank_k_near)
-      metrics['rerank'] = evaluate.retrieval_metrics(reranked, result['queries']['person_id'],
-                                                     result['gallery']['person_id'])
+      neighbours = rerank.nearest_texts(np.asarray(heads.l2_normalize(result['queries']['T_P'])),
+                                        config.eval.rerank_k_near)
+      head = rerank.rerank(result['similarity'], neighbours, config.eval.rerank_k1)
+      metrics['rerank'] = evaluate.retrieval_metrics(result['similarity'],
+                                                     result['queries']['person_id'],
+                                                     result['gallery']['person_id'], head)
       rows['DSSL + RR'] = metrics['rerank']
     if config.eval.image_to_text:
       metrics['image_to_text'] = evaluate.retrieval_metrics(

@@ -49,3 +49,27 @@ def init_model(config, vocab_size: int = 50, num_classes: int = 7, seed: int = 0
   d = config.data
   return model, dssl.init_variables(model, jax.random.key(seed), d.image_size, d.max_words,
                                     d.max_phrases, d.max_phrase_words)
+
+
+def reference_metrics(similarity, query_ids, gallery_ids):
+  """Query by query, as the field's evaluation reads: rank, then walk the list."""
+  r1 = r5 = r10 = ap = inp = 0.0
+  counted = 0
+  for q in range(len(query_ids)):
+    order = sorted(range(len(gallery_ids)), key=lambda g: (-similarity[q, g], g))  # ties: index
+    hits = [gallery_ids[g] == query_ids[q] for g in order]
+    if not any(hits):
+      continue
+    counted += 1
+    first = hits.index(True) + 1
+    r1, r5, r10 = r1 + (first <= 1), r5 + (first <= 5), r10 + (first <= 10)
+    found, precisions = 0, []
+    for rank, hit in enumerate(hits, 1):
+      if hit:
+        found += 1
+        precisions.append(found / rank)
+    ap += sum(precisions) / found
+    last = len(hits) - hits[::-1].index(True)
+    inp += found / last
+  return {k: 100 * v / counted for k, v in
+          {'R1': r1, 'R5': r5, 'R10': r10, 'mAP': ap, 'mINP': inp}.items()}, counted

@@ -33,6 +33,18 @@ def test_train_and_eval_figures():
   encode, rank = _bench('--what=eval', '--batch=8', '--reps=1', '--gallery=30', '--queries=50')
   assert encode['images_per_s'] > 0 and encode['queries_per_s'] > 0
   assert (rank['gallery'], rank['queries']) == (30, 50) and rank['similarity_s'] >= 0
+  ranking, = _bench('--what=ranking', '--reps=1', '--gallery=3000', '--queries=4000')
+  for stage in ('metrics', 'rerank', 'image_to_text'):
+    assert ranking[f'{stage}_s'] > 0
+    # Rows a chunk at a time: far below the 46 MB similarity matrix (a full argsort: 92 MB).
+    assert 0 < ranking[f'{stage}_peak_mb'] < ranking['similarity_mb'], stage
+
+
+def test_search_figures():
+  record, _ = _bench('--what=search', '--index_size=300', '--candidates=50')
+  assert (record['index_size'], record['candidates'], record['queries']) == (300, 50, 1)
+  assert record['two_stage_s_per_query'] > 0 and record['exact_s_per_query'] > 0
+  assert 0 < record['first_stage_mb'] < record['index_mb']
 
 
 @pytest.mark.slow

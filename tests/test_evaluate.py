@@ -2,45 +2,28 @@
 import numpy as np
 import pytest
 
-from dssl_jax import evaluate, losses
+from dssl_jax import evaluate, losses, ranking
 from dssl_jax.models import heads
-
-
-def _reference(similarity, query_ids, gallery_ids):
-  """Query by query, as the field's evaluation reads: rank, then walk the list."""
-  r1 = r5 = r10 = ap = inp = 0.0
-  counted = 0
-  for q in range(len(query_ids)):
-    order = sorted(range(len(gallery_ids)), key=lambda g: (-similarity[q, g], g))  # ties: index
-    hits = [gallery_ids[g] == query_ids[q] for g in order]
-    if not any(hits):
-      continue
-    counted += 1
-    first = hits.index(True) + 1
-    r1, r5, r10 = r1 + (first <= 1), r5 + (first <= 5), r10 + (first <= 10)
-    found, precisions = 0, []
-    for rank, hit in enumerate(hits, 1):
-      if hit:
-        found += 1
-        precisions.append(found / rank)
-    ap += sum(precisions) / found
-    last = len(hits) - hits[::-1].index(True)
-    inp += found / last
-  return {k: 100 * v / counted for k, v in
-          {'R1': r1, 'R5': r5, 'R10': r10, 'mAP': ap, 'mINP': inp}.items()}, counted
+from tests.helpers import reference_metrics
 
 
 @pytest.mark.parametrize('seed', range(4))
-def test_matches_a_plain_implementation_with_ties_and_repeated_ids(seed):
+@pytest.mark.parametrize('chunk', [7, 512])
+def test_matches_a_plain_implementation_with_ties_and_repeated_ids(seed, chunk, monkeypatch):
+  monkeypatch.setattr(ranking, 'CHUNK', chunk)  # rows at a time: several chunks, or one
   rng = np.random.default_rng(seed)
   similarity = rng.integers(0, 6, (40, 25)) / 5.0  # many ties
   gallery_ids = rng.integers(0, 8, 25)
   query_ids = rng.integers(0, 10, 40)  # ids 8, 9 are not in the gallery
   got = evaluate.retrieval_metrics(similarity, query_ids, gallery_ids)
-  want, counted = _reference(similarity, query_ids, gallery_ids)
+  want, counted = reference_metrics(similarity, query_ids, gallery_ids)
   for key, value in want.items():
     assert got[key] == pytest.approx(value, abs=1e-9), key
   assert got['queries'] == counted and got['queries_without_match'] == 40 - counted
+  got = evaluate.retrieval_metrics(similarity.T, gallery_ids, query_ids)  # image to text: a view
+  want, _ = reference_metrics(similarity.T, gallery_ids, query_ids)
+  for key, value in want.items():
+    assert got[key] == pytest.approx(value, abs=1e-9), key
 
 
 def test_hand_worked_case():

@@ -74,23 +74,36 @@ def test_index_query_incremental(trained, tmp_path, capsys):
   index = search.Index(folder)
   assert index.manifest['shards'][0]['stale'] == [0]
 
-  # Exact streaming top-K: the same as scoring every (current) image at once.
+  # Exact: the same as scoring every (current) image at once.
   people = entries[::3]  # one image of each of the 6 people
   texts = [e['captions'][1] for e in people]
   queries, unknown = searcher.encode_queries(texts)
   e = searcher.config.eval
-  results = search.search(index, queries, 5, e.lambda1, e.lambda2)
-  paths, v_p, v_l = [], [], []
-  for shard_paths, features, valid in index.shards():
-    paths += list(shard_paths[valid])
-    v_p.append(features['V_P'][valid].astype(np.float32))
-    v_l.append(features['V_L'][valid].astype(np.float32))
+  results = search.search(index, queries, 5, e.lambda1, e.lambda2, candidates=None)
+  shards = range(len(index.manifest['shards']))
+  valid = [index.valid(s) for s in shards]
+  paths = np.concatenate([index.array(s, 'paths')[v] for s, v in zip(shards, valid)])
   assert sorted(paths) == sorted(os.path.basename(e['file_path']) for e in entries)
-  full = evaluate.similarity({'V_P': np.concatenate(v_p), 'V_L': np.concatenate(v_l)}, queries,
-                             e.lambda1, e.lambda2)
+  gallery = {k: np.concatenate([index.features(s)[k][v] for s, v in zip(shards, valid)])
+             for k in ('V_P', 'V_L')}
+  full = evaluate.similarity(gallery, queries, e.lambda1, e.lambda2)
   for q, hits in enumerate(results):
-    want = np.sort(full[q])[::-1][:5]
-    np.testing.assert_allclose([s for _, s in hits], want, rtol=1e-5)
+    want = np.argsort(-full[q], kind='stable')[:5]
+    assert [p for p, _ in hits] == list(paths[want])
+    np.testing.assert_allclose([s for _, s in hits], full[q, want], rtol=1e-5)
+  # Two stages: with every image a candidate, the exact result; with 4, Sim_TI's best of the 4
+  # images of highest cos(V_P, T_P).
+  for hits, exact in zip(search.search(index, queries, 5, e.lambda1, e.lambda2, candidates=100),
+                         results):
+    assert [p for p, _ in hits] == [p for p, _ in exact]
+    np.testing.assert_allclose([s for _, s in hits], [s for _, s in exact], rtol=1e-5)
+  cosines = evaluate.similarity(gallery, queries, 0, 0)
+  for q, hits in enumerate(search.search(index, queries, 3, e.lambda1, e.lambda2, candidates=4)):
+    four = np.argsort(-cosines[q], kind='stable')[:4]
+    want = four[np.argsort(-full[q, four], kind='stable')][:3]
+    assert [p for p, _ in hits] == list(paths[want])
+  shares = search.recall(index, queries, 3, e.lambda1, e.lambda2, candidates=(1, 100))
+  assert shares[100] == 1 and shares[1] <= 1 / 3  # one candidate: at most one of the top 3
   # A caption of a known person finds that person first.
   top_person = [int(hits[0][0][1:6]) for hits in results]  # synthetic/p00007_2.jpg -> 7
   assert sum(t == e['id'] for t, e in zip(top_person, people)) >= 5, (top_person, results)
@@ -128,6 +141,11 @@ def test_command_line_and_bad_input(trained, tmp_path):
   assert out.returncode == 1 and 'made with another model or vocabulary' in out.stderr
   out = _cli('query', f'--workdir={tmp_path}', f'--index={folder}', 'a man')
   assert out.returncode == 1 and 'must be a trained dssl_jax workdir' in out.stderr
+  del manifest['version']  # an index from before the two-stage search: one .npz per shard
+  with open(os.path.join(folder, search.MANIFEST), 'w') as f:
+    json.dump(manifest, f)
+  out = _cli('query', f'--workdir={workdir}', f'--index={folder}', 'a man')
+  assert out.returncode == 1 and 'has an older format' in out.stderr.strip().splitlines()[-1]
 
 
 def test_searcher_needs_a_trained_workdir(tmp_path):
