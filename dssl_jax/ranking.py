@@ -3,7 +3,7 @@
 A full argsort of a [Q, G] similarity matrix costs Q x G int64 indices (3 GB at ICFG-PEDES's 19,848
 x 19,848) and Q x G log G time, where the metrics and the re-ranking only need the ranks of a few
 entries per row: counting the entries above each one (a sort of the row's values, then a binary
-search) gives those ranks, identical to a stable argsort's, in memory bounded by `chunk` rows.
+search) gives those ranks, identical to a stable argsort's, in memory bounded by CHUNK rows.
 """
 from typing import Iterator
 

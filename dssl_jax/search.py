@@ -29,6 +29,7 @@ from dssl_jax import evaluate, reports, train
 from dssl_jax.data import captions, pipeline
 from dssl_jax.data.builders.annotations import check_image
 from dssl_jax.errors import UserError
+from dssl_jax.models.heads import l2_normalize
 
 flags.DEFINE_string('images', None, 'index: the folder of images (searched recursively).')
 flags.DEFINE_string('index', None, 'The index folder (default: WORKDIR/index).')
@@ -153,9 +154,10 @@ class Index:
 
 def write_shard(folder: str, name: str, paths: list, v_p: np.ndarray, v_l: np.ndarray) -> dict:
   """A shard's .npy files (each written, then renamed), and its manifest entry."""
-  v_p = v_p / np.maximum(np.linalg.norm(v_p, axis=1, keepdims=True), 1e-12)  # cosines: dot products
   v_l = v_l.astype(np.float16)
-  arrays = {'paths': np.array(paths, str), 'V_P': v_p.astype(np.float16), 'V_L': v_l,
+  arrays = {'paths': np.array(paths, str),
+            'V_P': np.asarray(l2_normalize(v_p), np.float16),  # unit rows: cosines are dot products
+            'V_L': v_l,
             'V_L_gram': np.asarray(evaluate.gallery_gram(v_l.astype(np.float32)))}
   for key, value in arrays.items():
     path = os.path.join(folder, f'{name}.{key}.npy')
@@ -249,7 +251,7 @@ def first_stage(index: Index, t_p: np.ndarray, candidates: int) -> list:
   """For each query, [(shard, sorted rows)] of the `candidates` (valid) images of highest
   cos(V_P, T_P): usearch's exact scan of each memory-mapped shard, then the best over shards."""
   from usearch.index import MetricKind, search as exact_scan  # pylint: disable=g-import-not-at-top
-  t_p = (t_p / np.linalg.norm(t_p, axis=1, keepdims=True)).astype(np.float16)
+  t_p = np.asarray(l2_normalize(t_p), np.float16)
   shard_of, rows, cosines = [], [], []  # [Q, M] per shard
   for s in range(len(index.manifest['shards'])):
     v_p = index.array(s, 'V_P')
