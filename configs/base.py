@@ -24,7 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.shuffle_buffer = 4096
   data.cache_decoded = False  # keep decoded, resized uint8 images in memory (small datasets)
   data.synthetic = ml_collections.ConfigDict(  # split_fractions: of the identities, train/val/test
-      {'identities': 500, 'images_per_identity': 4, 'seed': 0, 'split_fractions': (0.7, 0.1, 0.2)})
+      {'identities': 500, 'images_per_identity': 4, 'seed': 0, 'split_fractions': (0.7, 0.1, 0.2),
+       'image_size': (288, 96)})  # of the generated files (height, width)
 
   config.model = model = ml_collections.ConfigDict()
   model.depth = 50  # ResNet depth: 18 | 34 | 50
@@ -39,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.sam = True  # Table 2: salient attention module
   model.sdm = True  # Table 2: signal denoising module
   model.sdm_zero_ratio = 0.5  # Table 4: r
+  model.sdm_zeroing = 'loss'  # eq. 1's zeroing reaches: loss (eq. 2 only) | features (all uses)
   model.spfm_fusion = 'add'  # Table 3: add | concat
   model.dtype = 'float32'  # bfloat16: mixed precision (backbone + GRU; GPU/TPU, slow on CPU)
 
@@ -54,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   loss.mec_form = 'cosine'  # cosine: scale-free, over unit rows | literal: ||P^T S|| as printed
   loss.mec_weight = 1.0
   loss.sdm = 'rank'  # Table 5: rank | euclidean reconstruction loss (eq. 2)
+  loss.sdm_phrases = 'sum'  # eq. 2's phrase slots: sum (as printed) | mean (over slots in use)
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 32

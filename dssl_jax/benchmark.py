@@ -10,14 +10,17 @@ and query encoding rates, and Sim_TI on random features of CUHK-PEDES test size.
 the texts' nearest neighbours (a [Q, Q] matmul), re-ranking + its metrics and image-to-text metrics
 of a random similarity matrix (--gallery x --queries): time, and peak memory beyond the matrix.
 input: the tf.data train pipeline alone (needs the built dataset). search: query latency on a
-random index, two stages and exact. Warm-up excluded; medians. Set JAX_NUM_CPU_DEVICES=N to time
-N virtual CPU devices.
+random index, two stages and exact. prepare: generating (synthetic) and building the config's
+dataset. test_eval: the final evaluation of the built dataset's test split with a random model.
+Warm-up excluded; medians. Set JAX_NUM_CPU_DEVICES=N to time N virtual CPU devices. peak_rss_gb
+is the process's: run one --what per command to read it per stage.
 """
 import os
 
 from dssl_jax import main as _main  # sets XLA_FLAGS before jax is imported  # noqa: F401
 
 import functools  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import itertools
 import json
 import resource
 import subprocess
@@ -36,12 +39,12 @@ import optax
 from dssl_jax import evaluate, losses, rerank, search, train
 from dssl_jax.data import pipeline
 from dssl_jax.errors import UserError
-from dssl_jax.models import dssl
+from dssl_jax.models import dssl, heads
 from dssl_jax.models.resnet import ResNet
 from dssl_jax.models.text import TextEncoder
 from dssl_jax.timing import median_seconds, peak_megabytes
 
-WHAT = ('train', 'reference', 'eval', 'ranking', 'input', 'search')
+WHAT = ('train', 'reference', 'eval', 'ranking', 'input', 'search', 'prepare', 'test_eval')
 flags.DEFINE_list('what', ['train'], f'What to time, one or several of {",".join(WHAT)}.')
 flags.DEFINE_integer('batch', 0, 'Batch size (default: config.train.batch_size).')
 flags.DEFINE_integer('reps', 3, 'Timed repetitions after one warm-up.')
@@ -51,6 +54,7 @@ flags.DEFINE_integer('gallery', 3074, 'Gallery size for --what=eval (CUHK-PEDES 
 flags.DEFINE_integer('queries', 6156, 'Query count for --what=eval (CUHK-PEDES test).')
 flags.DEFINE_integer('index_size', 100_000, 'Indexed images for --what=search (random features).')
 flags.DEFINE_string('scratch', None, 'Folder for the temporary --what=search index.')
+flags.DEFINE_integer('batches', 0, 'Batches per timed pass of --what=input (0: one epoch).')
 FLAGS = flags.FLAGS
 
 
@@ -222,16 +226,77 @@ def bench_ranking(config):
   _emit(record)
 
 
-def bench_input(config, reps: int):
+def bench_input(config, reps: int, batches: int):
+  """The train pipeline alone over `batches` batches (0: one epoch)."""
   meta = pipeline.dataset_meta(config.data)
   train_input = pipeline.TrainInput(config, meta)
   counts = []
-  def one_epoch():
-    counts.append(sum(len(b['image']) for b in train_input.epoch(len(counts))))
-  seconds = median_seconds(one_epoch, reps)
+  def one_pass():
+    stream = itertools.islice(train_input.epoch(len(counts)), batches or None)
+    counts.append(sum(len(b['image']) for b in stream))
+  seconds = median_seconds(one_pass, reps)
   _emit({'what': 'input', 'image_size': list(config.data.image_size),
-         'cache_decoded': config.data.cache_decoded, 'images_per_s': round(counts[-1] / seconds, 1),
+         'cache_decoded': config.data.cache_decoded, 'images': counts[-1],
+         'images_per_s': round(counts[-1] / seconds, 1),
          'images_per_s_per_core': round(counts[-1] / seconds / os.cpu_count(), 1)})
+
+
+def bench_prepare(config):
+  """Generating a synthetic dataset's files (if not there yet) and the TFDS build, timed apart."""
+  from dssl_jax.data import builders  # pylint: disable=g-import-not-at-top
+  d = config.data
+  if builders.get_builder(d).is_prepared():
+    raise UserError(f'{builders.get_builder(d).data_dir} is already built: delete it (or set '
+                    'config.data.data_dir to an empty folder) to time the build')
+  start = time.perf_counter()
+  generate_s = time.perf_counter() - start if builders.generate_synthetic(d) else None
+  start = time.perf_counter()
+  builders.prepare(d)
+  build_s = time.perf_counter() - start
+  kept = pipeline.dataset_meta(d).kept
+  images = sum(split['images'] for split in kept.values())
+  _emit({'what': 'prepare', 'dataset': d.name, 'images': images,
+         'captions': sum(split['captions'] for split in kept.values()),
+         'generate_s': generate_s and round(generate_s, 1), 'build_s': round(build_s, 1),
+         'build_images_per_s': round(images / build_s, 1)})
+
+
+def bench_test_eval(config):
+  """config.eval.split of the built dataset through a randomly initialised model of the config:
+  encoding, Sim_TI, metrics and re-ranking, as the final evaluation runs them."""
+  meta = pipeline.dataset_meta(config.data)
+  model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), meta.vocab_size,
+                    meta.num_train_identities)
+  d, split = config.data, config.eval.split
+  variables = dssl.init_variables(model, jax.random.PRNGKey(0), d.image_size, d.max_words,
+                                  d.max_phrases, d.max_phrase_words)
+  encoder = evaluate.Encoder(model, train.make_mesh())
+  seconds = {}
+  def timed(name, fn):
+    start = time.perf_counter()
+    result = fn()
+    seconds[name] = round(time.perf_counter() - start, 1)
+    return result
+  gallery = timed('encode_images', lambda: encoder.gallery(variables, pipeline.gallery(config,
+                                                                                       split)))
+  queries = timed('encode_queries', lambda: encoder.queries(
+      variables, pipeline.queries(config, meta, split)))
+  sim = timed('similarity', lambda: evaluate.similarity(
+      {k: gallery[k] for k in evaluate.GALLERY_FEATURES},
+      {k: queries[k] for k in evaluate.QUERY_FEATURES}, config.eval.lambda1, config.eval.lambda2))
+  timed('metrics', lambda: evaluate.retrieval_metrics(sim, queries['person_id'],
+                                                      gallery['person_id']))
+  neighbours = rerank.nearest_texts(np.asarray(heads.l2_normalize(queries['T_P'])),
+                                    config.eval.rerank_k_near)
+  timed('rerank', lambda: evaluate.retrieval_metrics(
+      sim, queries['person_id'], gallery['person_id'],
+      rerank.rerank(sim, neighbours, config.eval.rerank_k1)))
+  _emit({'what': 'test_eval', 'split': split, 'images': len(gallery['person_id']),
+         'queries': len(queries['person_id']),
+         'images_per_s': round(len(gallery['person_id']) / seconds['encode_images'], 1),
+         'queries_per_s': round(len(queries['person_id']) / seconds['encode_queries'], 1),
+         **{f'{name}_s': value for name, value in seconds.items()},
+         'total_s': round(sum(seconds.values()), 1)})
 
 
 def bench_search(config, size: int, shard_size: int = 50_000):
@@ -293,8 +358,12 @@ def main(argv):
         bench_ranking(config)
       elif what == 'search':
         bench_search(config, FLAGS.index_size)
+      elif what == 'prepare':
+        bench_prepare(config)
+      elif what == 'test_eval':
+        bench_test_eval(config)
       else:
-        bench_input(config, FLAGS.reps)
+        bench_input(config, FLAGS.reps, FLAGS.batches)
   except UserError as error:
     _main.fail(str(error))
 

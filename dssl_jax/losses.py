@@ -70,23 +70,32 @@ def mec_loss(person: jax.Array, surroundings: jax.Array, form: str = 'cosine') -
   raise UserError(f"config.loss.mec_form must be 'cosine' or 'literal', got {form!r}")
 
 
-def sdm_loss(f: dict, person_ids, margin: float, kind: str) -> jax.Array:
+def sdm_loss(f: dict, person_ids, margin: float, kind: str, phrases: str = 'sum') -> jax.Array:
   """eq. 2: T_G vs T_P, plus each phrase slot i of M_T vs T_L (padded phrases left out).
 
+  T_P and T_L are SDM's outputs from the zeroed input (the '_zeroed' copies where only this loss
+  sees the zeroing, config.model.sdm_zeroing = 'loss').
   kind 'rank' is the paper's; 'euclidean' (Table 5) is the mean squared distance instead.
+  phrases 'sum' adds the slots' losses as eq. 2 prints; 'mean' averages them over the slots that
+  hold a phrase, so the phrase part weighs as much as the sentence part whatever n is.
   """
   valid = f['phrase_valid']  # [B, n]
+  t_p, t_l = f.get('T_P_zeroed', f['T_P']), f.get('T_L_zeroed', f['T_L'])
   if kind == 'rank':
-    sentence = rank_loss(f['T_G'], f['T_P'], person_ids, margin)
+    sentence = rank_loss(f['T_G'], t_p, person_ids, margin)
     per_slot = jax.vmap(lambda m, t, v: ranking_loss(cosine_matrix(m, t), person_ids, margin, v),
-                        in_axes=(1, 1, 1))(f['M_T'], f['T_L'], valid)
-    return sentence + per_slot.sum()
-  if kind == 'euclidean':
-    sentence = jnp.mean(jnp.sum((f['T_G'] - f['T_P'])**2, axis=-1))
-    distances = jnp.sum((f['M_T'] - f['T_L'])**2, axis=-1)  # [B, n]
+                        in_axes=(1, 1, 1))(f['M_T'], t_l, valid)
+  elif kind == 'euclidean':
+    sentence = jnp.mean(jnp.sum((f['T_G'] - t_p)**2, axis=-1))
+    distances = jnp.sum((f['M_T'] - t_l)**2, axis=-1)  # [B, n]
     per_slot = jnp.sum(distances * valid, axis=0) / jnp.maximum(valid.sum(axis=0), 1)
+  else:
+    raise UserError(f"config.loss.sdm must be 'rank' or 'euclidean', got {kind!r}")
+  if phrases == 'sum':
     return sentence + per_slot.sum()
-  raise UserError(f"config.loss.sdm must be 'rank' or 'euclidean', got {kind!r}")
+  if phrases == 'mean':
+    return sentence + per_slot.sum() / jnp.maximum(valid.any(axis=0).sum(), 1)
+  raise UserError(f"config.loss.sdm_phrases must be 'sum' or 'mean', got {phrases!r}")
 
 
 def gallery_surroundings(config: ml_collections.ConfigDict) -> bool:
@@ -166,5 +175,5 @@ def stage2_loss(f: dict, batch: dict, config: ml_collections.ConfigDict) -> tupl
   if loss.mec and switches.separation:
     terms['mec'] = loss.mec_weight * mec_loss(f['V_P'], f['V_S'], loss.mec_form)
   if switches.sdm:
-    terms['sdm'] = sdm_loss(f, ids, margin, loss.sdm)
+    terms['sdm'] = sdm_loss(f, ids, margin, loss.sdm, loss.sdm_phrases)
   return sum(terms.values()), terms

@@ -47,6 +47,22 @@ def test_search_figures():
   assert 0 < record['first_stage_mb'] < record['index_mb']
 
 
+def test_prepare_input_and_test_eval_figures_of_a_generated_dataset(tmp_path):
+  data = [f'--config.data.data_dir={tmp_path}', '--config.data.synthetic.identities=12',
+          '--config.data.synthetic.images_per_identity=2', '--config.data.synthetic.image_size=(96,32)',
+          '--config.train.batch_size=4', '--config.eval.batch_size=8']
+  prepare, batches, test = _bench('--what=prepare,input,test_eval', '--batches=3', '--reps=1',
+                                  *data)
+  # 12 identities: 6 train, 1 val, 5 test (configs/synthetic.py), 2 images and 4 captions each.
+  assert (prepare['images'], prepare['captions']) == (24, 48)
+  assert prepare['generate_s'] > 0 and prepare['build_images_per_s'] > 0
+  assert batches['images'] == 12 and batches['images_per_s'] > 0
+  assert (test['images'], test['queries']) == (10, 20)
+  assert test['encode_images_s'] > 0 and test['total_s'] >= test['encode_images_s']
+  out = _run('--what=prepare', *data)
+  assert out.returncode == 1 and 'is already built: delete it' in out.stderr.splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_reference_times_the_same_model_in_jax_and_torch():
   records = _bench('--what=reference', '--config.model.width=64', '--batch=4', '--reps=1')

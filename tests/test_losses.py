@@ -142,6 +142,19 @@ def test_sdm_loss_sums_phrase_slots_over_valid_phrases():
   np.testing.assert_allclose(losses.sdm_loss(f, ids, 0.2, 'euclidean'), want, rtol=1e-5)
 
 
+def test_sdm_loss_phrase_mean_averages_over_the_slots_in_use():
+  rng = np.random.default_rng(4)
+  f, ids = _features(rng), np.array([1, 2, 2, 3, 4, 5])
+  f['phrase_valid'][:, 3] = False  # no caption of the batch has a 4th phrase
+  sentence = _rank_loop(f['T_G'], f['T_P'], ids, 0.2)
+  slots = sum(_rank_loop(f['M_T'][:, i], f['T_L'][:, i], ids, 0.2, f['phrase_valid'][:, i])
+              for i in range(3))
+  np.testing.assert_allclose(losses.sdm_loss(f, ids, 0.2, 'rank', 'mean'), sentence + slots / 3,
+                             rtol=1e-5)
+  with pytest.raises(UserError, match='config.loss.sdm_phrases'):
+    losses.sdm_loss(f, ids, 0.2, 'rank', 'max')
+
+
 def test_align4_and_align5_similarities_are_image_by_text():
   rng = np.random.default_rng(3)
   f = _features(rng)
@@ -191,7 +204,8 @@ def test_every_switch_removes_its_terms_and_changes_the_loss():
     off_total, off_terms = _stage2(_override(config, field, False), batch, variables)
     assert set(terms) - set(off_terms) == removed, field
     assert off_total != pytest.approx(total, rel=1e-4), field
-  for field, value in (('model.sdm_zero_ratio', 0.25), ('loss.sdm', 'euclidean'),
+  for field, value in (('model.sdm_zero_ratio', 0.25), ('model.sdm_zeroing', 'features'),
+                       ('loss.sdm', 'euclidean'), ('loss.sdm_phrases', 'mean'),
                        ('loss.margin', 0.5)):
     assert _stage2(_override(config, field, value), batch, variables)[0] != pytest.approx(
         total, rel=1e-4), field

@@ -13,6 +13,7 @@ writes DIR/reid_raw.json and DIR/imgs/synthetic/*.jpg; the same seed gives the s
 """
 import dataclasses
 import json
+import multiprocessing
 import os
 import time
 from typing import Sequence
@@ -355,10 +356,28 @@ def split_counts(identities: int, split_fractions) -> tuple[int, int, int]:
   return n_train, n_val, identities - n_train - n_val
 
 
+def _render_identity(job) -> list[dict]:
+  """Every image of one identity, written to disk, and its annotation entries (a worker's job)."""
+  out_dir, seed, index, person, split, images_per_identity, captions_per_image, size = job
+  entries = []
+  for shot in range(images_per_identity):
+    image_rng = np.random.default_rng([seed, index, shot])
+    file_path = f'synthetic/p{index + 1:05d}_{shot}.jpg'
+    render_image(person, image_rng, size).save(os.path.join(out_dir, 'imgs', file_path),
+                                               quality=92)
+    texts = [describe(person, image_rng) for _ in range(captions_per_image)]
+    entries.append({'split': split, 'captions': texts, 'file_path': file_path,
+                    'processed_tokens': [captions_lib.tokenize(t) for t in texts],
+                    'id': index + 1})
+  return entries
+
+
 def generate(out_dir: str, identities: int, seed: int = 0, images_per_identity: int = 4,
              captions_per_image: int = 2, split_fractions=SPLIT_FRACTIONS,
-             size: tuple[int, int] = IMAGE_SIZE) -> dict:
-  """Writes the dataset; returns {split: (identities, images, captions)}. Deterministic in seed."""
+             size: tuple[int, int] = IMAGE_SIZE, processes: int | None = None) -> dict:
+  """Writes the dataset; returns {split: (identities, images, captions)}. Deterministic in seed
+  (each image draws from its own generator), so `processes` workers (default: every core) write
+  the same bytes as one."""
   if identities < 3:
     raise ValueError(f'--identities must be at least 3 (one per split), got {identities}')
   rng = np.random.default_rng(seed)
@@ -368,20 +387,20 @@ def generate(out_dir: str, identities: int, seed: int = 0, images_per_identity: 
   split_of = {int(p): ('train' if r < n_train else 'val' if r < n_train + n_val else 'test')
               for r, p in enumerate(order)}
   os.makedirs(os.path.join(out_dir, 'imgs', 'synthetic'), exist_ok=True)
-  entries, counts = [], {}
-  for index, person in enumerate(people):
-    for shot in range(images_per_identity):
-      image_rng = np.random.default_rng([seed, index, shot])
-      file_path = f'synthetic/p{index + 1:05d}_{shot}.jpg'
-      render_image(person, image_rng, size).save(
-          os.path.join(out_dir, 'imgs', file_path), quality=92)
-      texts = [describe(person, image_rng) for _ in range(captions_per_image)]
-      split = split_of[index]
-      entries.append({'split': split, 'captions': texts, 'file_path': file_path,
-                      'processed_tokens': [captions_lib.tokenize(t) for t in texts],
-                      'id': index + 1})
-      ids, images, caps = counts.get(split, (set(), 0, 0))
-      counts[split] = (ids | {index}, images + 1, caps + len(texts))
+  jobs = [(out_dir, seed, index, person, split_of[index], images_per_identity,
+           captions_per_image, tuple(size)) for index, person in enumerate(people)]
+  processes = min(processes or os.cpu_count() or 1, identities)
+  if processes > 1:  # spawn, not fork: the caller may hold JAX's threads
+    with multiprocessing.get_context('spawn').Pool(processes) as pool:
+      per_identity = pool.map(_render_identity, jobs,
+                              chunksize=max(1, identities // (8 * processes)))
+  else:
+    per_identity = map(_render_identity, jobs)
+  entries = [entry for identity in per_identity for entry in identity]
+  counts = {}
+  for e in entries:
+    ids, images, caps = counts.get(e['split'], (set(), 0, 0))
+    counts[e['split']] = (ids | {e['id']}, images + 1, caps + len(e['captions']))
   tmp = os.path.join(out_dir, ANNOTATION_FILE + '.tmp')
   with open(tmp, 'w') as f:
     json.dump(entries, f)

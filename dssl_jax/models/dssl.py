@@ -91,12 +91,24 @@ class DSSL(nn.Module):
     return f
 
   def encode_text(self, tokens, token_mask, phrases, phrase_mask, train: bool = False) -> dict:
-    """tokens [B, L], phrases [B, n, l] with masks -> T_G, M_T, T_P, T_L, phrase_valid [B, n]."""
+    """tokens [B, L], phrases [B, n, l] with masks -> T_G, M_T, T_P, T_L, phrase_valid [B, n].
+
+    SDM (eq. 1) zeroes its input at train time only. config.sdm_zeroing 'features' (eq. 1 as
+    printed): every training use of T_P and T_L (aligns, ID) sees the zeroed input, the test the
+    clean one. 'loss': only eq. 2's reconstruction loss sees it, as a denoising autoencoder is
+    trained, and the aligns train on the T_P and T_L the test uses.
+    """
     f = {'T_G': self.text_global(self.text(tokens, token_mask)),
          'M_T': self.text_local(self.text(phrases, phrase_mask)),
          'phrase_valid': phrase_mask.any(axis=-1)}
     if self.switches.sdm:
-      f['T_P'], f['T_L'] = self.sdm(f['T_G'], train), self.sdm(f['M_T'], train)
+      zeroing = self.config.sdm_zeroing
+      if zeroing not in ('features', 'loss'):
+        raise UserError(f"config.model.sdm_zeroing must be 'features' or 'loss', got {zeroing!r}")
+      noisy = train and zeroing == 'features'
+      f['T_P'], f['T_L'] = self.sdm(f['T_G'], noisy), self.sdm(f['M_T'], noisy)
+      if train and zeroing == 'loss':  # zeroed copies for eq. 2 only
+        f['T_P_zeroed'], f['T_L_zeroed'] = self.sdm(f['T_G'], True), self.sdm(f['M_T'], True)
     else:
       f['T_P'], f['T_L'] = f['T_G'], f['M_T']
     return f

@@ -26,9 +26,10 @@ def _digest(folder):
   return h.hexdigest()
 
 
-def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
-  for name, seed in (('a', 7), ('b', 7), ('c', 8)):
-    synthetic.generate(str(tmp_path / name), identities=5, seed=seed, images_per_identity=2)
+def test_same_seed_same_bytes_in_any_number_of_processes_other_seed_other_data(tmp_path):
+  for name, seed, processes in (('a', 7, 1), ('b', 7, 2), ('c', 8, 1)):
+    synthetic.generate(str(tmp_path / name), identities=5, seed=seed, images_per_identity=2,
+                       processes=processes)
   assert _digest(tmp_path / 'a') == _digest(tmp_path / 'b')
   assert _digest(tmp_path / 'a') != _digest(tmp_path / 'c')
 

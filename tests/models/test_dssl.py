@@ -94,3 +94,30 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_params_features_and_l
   config.model.dtype = 'float16'
   with pytest.raises(UserError, match="dtype must be one of float32, bfloat16, got 'float16'"):
     dssl.compute_dtype(config.model)
+
+
+@pytest.mark.parametrize('zeroing', ['features', 'loss'])
+def test_sdm_zeroing_reaches_the_features_or_only_the_reconstruction_loss(zeroing):
+  config = tiny_model_config()
+  config.model.sdm_zeroing = zeroing
+  batch = random_batch(config, 50, 7, batch_size=3)
+  model, variables = init_model(config)
+  text = lambda train: model.apply(variables, batch['tokens'], batch['token_mask'],
+                                   batch['phrases'], batch['phrase_mask'], train,
+                                   method=model.encode_text, rngs={'sdm': jax.random.key(1)})
+  clean, trained = text(False), text(True)
+  zeroed = trained['T_P'] if zeroing == 'features' else trained['T_P_zeroed']
+  assert np.abs(zeroed - clean['T_P']).max() > 1e-3  # half of T_G's entries zeroed
+  if zeroing == 'loss':  # alignments see what the test sees
+    np.testing.assert_allclose(trained['T_P'], clean['T_P'], rtol=1e-6)
+    np.testing.assert_allclose(trained['T_L'], clean['T_L'], rtol=1e-6)
+    assert np.abs(trained['T_L_zeroed'] - clean['T_L']).max() > 1e-3
+  else:
+    assert 'T_P_zeroed' not in trained
+
+
+def test_sdm_zeroing_typo_is_one_line():
+  config = tiny_model_config()
+  config.model.sdm_zeroing = 'both'
+  with pytest.raises(UserError, match="sdm_zeroing must be 'features' or 'loss'"):
+    init_model(config)

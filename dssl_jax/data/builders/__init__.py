@@ -24,6 +24,8 @@ def _synthetic_name(data) -> str:
   name = f'synthetic_ids{s.identities}_img{s.images_per_identity}_seed{s.seed}'
   if tuple(s.split_fractions) != synthetic.SPLIT_FRACTIONS:
     name += '_split' + '-'.join(map(str, synthetic.split_counts(s.identities, s.split_fractions)))
+  if tuple(s.image_size) != synthetic.IMAGE_SIZE:
+    name += '_size{}x{}'.format(*s.image_size)
   return name
 
 
@@ -46,15 +48,22 @@ def get_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   return BUILDERS[data.name](data_dir=data_dir(data), config=config)
 
 
+def generate_synthetic(data: ml_collections.ConfigDict) -> bool:
+  """Writes the synthetic raw data that `data` names, unless it is there; whether it wrote."""
+  raw = manual_dir(data)
+  if data.name != 'synthetic' or os.path.isfile(os.path.join(raw, synthetic.ANNOTATION_FILE)):
+    return False
+  s = data.synthetic
+  print(f'generating the synthetic raw dataset in {raw} ...', flush=True)
+  synthetic.generate(raw, s.identities, s.seed, s.images_per_identity,
+                     split_fractions=tuple(s.split_fractions), size=tuple(s.image_size))
+  return True
+
+
 def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """Builds the dataset once (generating the synthetic raw data first if needed)."""
+  generate_synthetic(data)
   raw = manual_dir(data)
-  if data.name == 'synthetic' and not os.path.isfile(
-      os.path.join(raw, annotations.FORMATS['cuhk_pedes'].annotation_file)):
-    s = data.synthetic
-    print(f'generating the synthetic raw dataset in {raw} ...', flush=True)
-    synthetic.generate(raw, s.identities, s.seed, s.images_per_identity,
-                       split_fractions=tuple(s.split_fractions))
   builder = get_builder(data)
   if builder.is_prepared():
     _check_build_options(builder)
