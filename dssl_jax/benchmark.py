@@ -39,7 +39,7 @@ import optax
 from dssl_jax import evaluate, losses, rerank, search, train
 from dssl_jax.data import pipeline
 from dssl_jax.errors import UserError
-from dssl_jax.models import dssl, heads
+from dssl_jax.models import dssl
 from dssl_jax.models.resnet import ResNet
 from dssl_jax.models.text import TextEncoder
 from dssl_jax.timing import median_seconds, peak_megabytes
@@ -249,7 +249,8 @@ def bench_prepare(config):
     raise UserError(f'{builders.get_builder(d).data_dir} is already built: delete it (or set '
                     'config.data.data_dir to an empty folder) to time the build')
   start = time.perf_counter()
-  generate_s = time.perf_counter() - start if builders.generate_synthetic(d) else None
+  generated = builders.generate_synthetic(d)
+  generate_s = time.perf_counter() - start if generated else None
   start = time.perf_counter()
   builders.prepare(d)
   build_s = time.perf_counter() - start
@@ -271,31 +272,16 @@ def bench_test_eval(config):
   variables = dssl.init_variables(model, jax.random.PRNGKey(0), d.image_size, d.max_words,
                                   d.max_phrases, d.max_phrase_words)
   encoder = evaluate.Encoder(model, train.make_mesh())
-  seconds = {}
-  def timed(name, fn):
-    start = time.perf_counter()
-    result = fn()
-    seconds[name] = round(time.perf_counter() - start, 1)
-    return result
-  gallery = timed('encode_images', lambda: encoder.gallery(variables, pipeline.gallery(config,
-                                                                                       split)))
-  queries = timed('encode_queries', lambda: encoder.queries(
-      variables, pipeline.queries(config, meta, split)))
-  sim = timed('similarity', lambda: evaluate.similarity(
-      {k: gallery[k] for k in evaluate.GALLERY_FEATURES},
-      {k: queries[k] for k in evaluate.QUERY_FEATURES}, config.eval.lambda1, config.eval.lambda2))
-  timed('metrics', lambda: evaluate.retrieval_metrics(sim, queries['person_id'],
-                                                      gallery['person_id']))
-  neighbours = rerank.nearest_texts(np.asarray(heads.l2_normalize(queries['T_P'])),
-                                    config.eval.rerank_k_near)
-  timed('rerank', lambda: evaluate.retrieval_metrics(
-      sim, queries['person_id'], gallery['person_id'],
-      rerank.rerank(sim, neighbours, config.eval.rerank_k1)))
-  _emit({'what': 'test_eval', 'split': split, 'images': len(gallery['person_id']),
-         'queries': len(queries['person_id']),
-         'images_per_s': round(len(gallery['person_id']) / seconds['encode_images'], 1),
-         'queries_per_s': round(len(queries['person_id']) / seconds['encode_queries'], 1),
-         **{f'{name}_s': value for name, value in seconds.items()},
+  result = evaluate.evaluate(encoder, variables, config, meta, split)
+  seconds = result['seconds']
+  start = time.perf_counter()
+  evaluate.reranked_metrics(result, config.eval.rerank_k1, config.eval.rerank_k_near)
+  seconds['rerank'] = time.perf_counter() - start
+  images, queries = len(result['gallery']['person_id']), len(result['queries']['person_id'])
+  _emit({'what': 'test_eval', 'split': split, 'images': images, 'queries': queries,
+         'images_per_s': round(images / seconds['encode_images'], 1),
+         'queries_per_s': round(queries / seconds['encode_queries'], 1),
+         **{f'{name}_s': round(value, 1) for name, value in seconds.items()},
          'total_s': round(sum(seconds.values()), 1)})
 
 

@@ -6,6 +6,7 @@ The pair-dependent CA terms are computed in chunks of queries, from Gram matrice
 tensor), so a CUHK-PEDES-sized test set fits in a few GB.
 """
 import functools
+import time
 from typing import Iterable
 
 import jax
@@ -14,7 +15,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from dssl_jax import ranking
+from dssl_jax import ranking, rerank
 from dssl_jax.models.heads import cross_attention_similarity, l2_normalize, part_gram
 
 GALLERY_FEATURES = ('V_P', 'V_L')
@@ -144,13 +145,34 @@ class Encoder:
 
 def evaluate(encoder: Encoder, variables, config: ml_collections.ConfigDict, meta,
              split: str) -> dict:
-  """Metrics of `split` (and the features and similarity, for pictures and re-ranking)."""
+  """Metrics of `split` (and the features and similarity, for pictures and re-ranking), with the
+  seconds each stage took."""
   from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   index, count = jax.process_index(), jax.process_count()
-  gallery = encoder.gallery(variables, pipeline.gallery(config, split, index, count))
-  queries = encoder.queries(variables, pipeline.queries(config, meta, split, index, count))
-  sim = similarity({k: gallery[k] for k in GALLERY_FEATURES},
-                   {k: queries[k] for k in QUERY_FEATURES}, config.eval.lambda1,
-                   config.eval.lambda2)
-  metrics = retrieval_metrics(sim, queries['person_id'], gallery['person_id'])
-  return {'metrics': metrics, 'similarity': sim, 'gallery': gallery, 'queries': queries}
+  seconds = {}
+  def timed(name, fn):
+    start = time.perf_counter()
+    out = fn()
+    seconds[name] = time.perf_counter() - start
+    return out
+  gallery = timed('encode_images', lambda: encoder.gallery(
+      variables, pipeline.gallery(config, split, index, count)))
+  queries = timed('encode_queries', lambda: encoder.queries(
+      variables, pipeline.queries(config, meta, split, index, count)))
+  sim = timed('similarity', lambda: similarity(
+      {k: gallery[k] for k in GALLERY_FEATURES}, {k: queries[k] for k in QUERY_FEATURES},
+      config.eval.lambda1, config.eval.lambda2))
+  metrics = timed('metrics', lambda: retrieval_metrics(sim, queries['person_id'],
+                                                       gallery['person_id']))
+  return {'metrics': metrics, 'similarity': sim, 'gallery': gallery, 'queries': queries,
+          'seconds': seconds}
+
+
+def reranked_metrics(result: dict, k1: int, k_near: int) -> dict:
+  """retrieval_metrics after cross-modal re-ranking (Table 6, DSSL + RR) of an `evaluate` result:
+  each query's K_near nearest texts by cos(T_P, T_P) vote on its top-K1 images."""
+  queries = result['queries']
+  neighbours = rerank.nearest_texts(np.asarray(l2_normalize(queries['T_P'])), k_near)
+  head = rerank.rerank(result['similarity'], neighbours, k1)
+  return retrieval_metrics(result['similarity'], queries['person_id'],
+                           result['gallery']['person_id'], head)

@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from dssl_jax import evaluate, losses, reports, weights
 from dssl_jax.data import pipeline
 from dssl_jax.errors import UserError
-from dssl_jax.models import dssl, heads
+from dssl_jax.models import dssl
 
 
 @flax.struct.dataclass
@@ -328,7 +328,6 @@ class Trainer:
 
   def final_evaluation(self) -> dict:
     """config.eval.split, plain and re-ranked, into WORKDIR/results.json, a table and a picture."""
-    from dssl_jax import rerank  # pylint: disable=g-import-not-at-top
     from dssl_jax.data import builders  # pylint: disable=g-import-not-at-top
     config, split = self.config, self.config.eval.split
     variables, which = self.evaluation_variables()
@@ -337,12 +336,8 @@ class Trainer:
     metrics = dict(result['metrics'])
     rows = {'DSSL': metrics}
     if config.eval.rerank:
-      neighbours = rerank.nearest_texts(np.asarray(heads.l2_normalize(result['queries']['T_P'])),
-                                        config.eval.rerank_k_near)
-      head = rerank.rerank(result['similarity'], neighbours, config.eval.rerank_k1)
-      metrics['rerank'] = evaluate.retrieval_metrics(result['similarity'],
-                                                     result['queries']['person_id'],
-                                                     result['gallery']['person_id'], head)
+      metrics['rerank'] = evaluate.reranked_metrics(result, config.eval.rerank_k1,
+                                                    config.eval.rerank_k_near)
       rows['DSSL + RR'] = metrics['rerank']
     if config.eval.image_to_text:
       metrics['image_to_text'] = evaluate.retrieval_metrics(

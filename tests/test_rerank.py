@@ -70,3 +70,17 @@ def test_matches_the_full_matrix_implementation_with_ties(seed, chunk, monkeypat
     assert got['queries'] == counted
     for key, value in expected.items():
       assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_reranked_metrics_of_an_evaluation_result_use_the_texts_cosines():
+  rng = np.random.default_rng(5)
+  similarity = rng.integers(0, 6, (30, 20)) / 5.0
+  t_p = rng.normal(size=(30, 8)).astype(np.float32) * rng.uniform(0.5, 3, (30, 1))  # any scale
+  unit = t_p / np.linalg.norm(t_p, axis=1, keepdims=True)
+  result = {'similarity': similarity, 'queries': {'T_P': t_p, 'person_id': rng.integers(0, 8, 30)},
+            'gallery': {'person_id': rng.integers(0, 6, 20)}}
+  got = evaluate.reranked_metrics(result, k1=5, k_near=3)
+  expected, _ = reference_metrics(reference_rerank(similarity, unit @ unit.T, 5, 3),
+                                  result['queries']['person_id'], result['gallery']['person_id'])
+  for key, value in expected.items():
+    assert got[key] == pytest.approx(value, abs=1e-9), key
