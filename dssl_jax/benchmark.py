@@ -15,13 +15,10 @@ dataset. test_eval: the final evaluation of the built dataset's test split with 
 Warm-up excluded; medians. Set JAX_NUM_CPU_DEVICES=N to time N virtual CPU devices. peak_rss_gb
 is the process's: run one --what per command to read it per stage.
 """
-import os
-
-from dssl_jax import main as _main  # sets XLA_FLAGS before jax is imported  # noqa: F401
-
-import functools  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import functools
 import itertools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -33,10 +30,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 import optax
 
-from dssl_jax import evaluate, losses, rerank, search, train
+from dssl_jax import cli, evaluate, index as index_lib, losses, rerank, train
 from dssl_jax.data import pipeline
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
@@ -45,6 +43,8 @@ from dssl_jax.models.text import TextEncoder
 from dssl_jax.timing import median_seconds, peak_megabytes
 
 WHAT = ('train', 'reference', 'eval', 'ranking', 'input', 'search', 'prepare', 'test_eval')
+config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cuhk.py; override '
+                                'fields with --config.a.b=value.', lock_config=True)
 flags.DEFINE_list('what', ['train'], f'What to time, one or several of {",".join(WHAT)}.')
 flags.DEFINE_integer('batch', 0, 'Batch size (default: config.train.batch_size).')
 flags.DEFINE_integer('reps', 3, 'Timed repetitions after one warm-up.')
@@ -53,6 +53,8 @@ flags.DEFINE_integer('classes', 11003, 'Train identities (CUHK-PEDES: 11,003).')
 flags.DEFINE_integer('gallery', 3074, 'Gallery size for --what=eval (CUHK-PEDES test).')
 flags.DEFINE_integer('queries', 6156, 'Query count for --what=eval (CUHK-PEDES test).')
 flags.DEFINE_integer('index_size', 100_000, 'Indexed images for --what=search (random features).')
+flags.DEFINE_integer('candidates', 1000, 'Images per query that the first search stage passes '
+                     'to the full Sim_TI (--what=search).')
 flags.DEFINE_string('scratch', None, 'Folder for the temporary --what=search index.')
 flags.DEFINE_integer('batches', 0, 'Batches per timed pass of --what=input (0: one epoch).')
 FLAGS = flags.FLAGS
@@ -297,21 +299,23 @@ def bench_search(config, size: int, shard_size: int = 50_000):
     start, shards = time.perf_counter(), []
     for number, first in enumerate(range(0, size, shard_size)):
       count = min(shard_size, size - first)
-      shards.append(search.write_shard(
+      shards.append(index_lib.write_shard(
           folder, f'shard_{number:05d}', [f'{i:08d}.jpg' for i in range(first, first + count)],
           rng.standard_normal((count, p), np.float32),
           rng.standard_normal((count, k, p), np.float32).astype(np.float16)))
-    with open(os.path.join(folder, search.MANIFEST), 'w') as f:
-      json.dump({'version': search.VERSION, 'fingerprint': {}, 'images': '', 'shards': shards}, f)
+    with open(os.path.join(folder, index_lib.MANIFEST), 'w') as f:
+      json.dump({'version': index_lib.VERSION, 'fingerprint': {}, 'images': '',
+                 'shards': shards}, f)
     build_s = time.perf_counter() - start
-    index = search.Index(folder)
+    index = index_lib.Index(folder)
     size_mb = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / 2**20
     first_stage_mb = sum(index.array(s, 'V_P').nbytes for s in range(len(shards))) / 2**20
     for count in (1, 10):
       queries = {'T_P': rng.standard_normal((count, p), np.float32),
                  'T_L': rng.standard_normal((count, n, p), np.float32),
                  'phrase_valid': np.arange(n) < rng.integers(1, n + 1, count)[:, None]}
-      run = lambda m: search.search(index, queries, 10, config.eval.lambda1, config.eval.lambda2, m)
+      e = config.eval
+      run = lambda m: index_lib.search(index, queries, 10, e.lambda1, e.lambda2, m)
       two_stage = median_seconds(lambda: run(FLAGS.candidates), 1)
       exact = median_seconds(lambda: run(None), 1)
       _emit({'what': 'search', 'index_size': size, 'queries': count, 'embed_dim': p,
@@ -324,14 +328,12 @@ def bench_search(config, size: int, shard_size: int = 50_000):
 
 def main(argv):
   del argv
-  _main.quiet_logging()
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
+  cli.quiet_logging()
   config = FLAGS.config
   batch = FLAGS.batch or config.train.batch_size
   unknown = set(FLAGS.what) - set(WHAT)
   if unknown:
-    _main.fail(f'--what: unknown {",".join(sorted(unknown))} (choose from {",".join(WHAT)})')
+    cli.fail(f'--what: unknown {",".join(sorted(unknown))} (choose from {",".join(WHAT)})')
   try:
     for what in FLAGS.what:
       if what == 'train':
@@ -351,9 +353,9 @@ def main(argv):
       else:
         bench_input(config, FLAGS.reps, FLAGS.batches)
   except UserError as error:
-    _main.fail(str(error))
+    cli.fail(str(error))
 
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=_main.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

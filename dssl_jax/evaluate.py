@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
+import tqdm
 
 from dssl_jax import ranking, rerank
 from dssl_jax.models.heads import cross_attention_similarity, l2_normalize, part_gram
@@ -119,8 +120,12 @@ class Encoder:
 
     self._image, self._text = jax.jit(image_features), jax.jit(text_features)
 
-  def _collect(self, fn, variables, batches: Iterable[dict], inputs, keep):
+  def _collect(self, fn, variables, batches: Iterable[dict], inputs, keep, what: str,
+               total: int | None):
+    """Features of every valid entry; one updating progress line on a terminal (process 0)."""
     out = []
+    progress = tqdm.tqdm(desc=f'encoding {what}', total=total, unit=what[:-1], leave=False,
+                         disable=None if jax.process_index() == 0 else True)
     for batch in batches:
       local = {k: batch[k] for k in inputs}
       global_batch = jax.tree.map(
@@ -133,14 +138,20 @@ class Encoder:
       if jax.process_count() == 1:  # strings (paths, texts) cannot cross hosts: pictures only
         extra |= {k: batch[k] for k in keep if batch[k].dtype == object}
       out.append({k: np.asarray(v)[valid] for k, v in (features | extra).items()})
+      progress.update(int(np.sum(valid)))
+    progress.close()
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
-  def gallery(self, variables, batches) -> dict:
-    return self._collect(self._image, variables, batches, ('image',), ('person_id', 'file_path'))
+  def gallery(self, variables, batches, total: int | None = None) -> dict:
+    """`total`: the image count, for the progress line."""
+    return self._collect(self._image, variables, batches, ('image',), ('person_id', 'file_path'),
+                         'images', total)
 
-  def queries(self, variables, batches) -> dict:
+  def queries(self, variables, batches, total: int | None = None) -> dict:
+    """`total`: the sentence count, for the progress line."""
     return self._collect(self._text, variables, batches,
-                         ('tokens', 'token_mask', 'phrases', 'phrase_mask'), ('person_id', 'text'))
+                         ('tokens', 'token_mask', 'phrases', 'phrase_mask'), ('person_id', 'text'),
+                         'sentences', total)
 
 
 def evaluate(encoder: Encoder, variables, config: ml_collections.ConfigDict, meta,
@@ -155,10 +166,11 @@ def evaluate(encoder: Encoder, variables, config: ml_collections.ConfigDict, met
     out = fn()
     seconds[name] = time.perf_counter() - start
     return out
+  kept = meta.kept.get(split, {})
   gallery = timed('encode_images', lambda: encoder.gallery(
-      variables, pipeline.gallery(config, split, index, count)))
+      variables, pipeline.gallery(config, split, index, count), kept.get('images')))
   queries = timed('encode_queries', lambda: encoder.queries(
-      variables, pipeline.queries(config, meta, split, index, count)))
+      variables, pipeline.queries(config, meta, split, index, count), kept.get('captions')))
   sim = timed('similarity', lambda: similarity(
       {k: gallery[k] for k in GALLERY_FEATURES}, {k: queries[k] for k in QUERY_FEATURES},
       config.eval.lambda1, config.eval.lambda2))

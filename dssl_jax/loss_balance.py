@@ -8,25 +8,19 @@ at the start of stage 2 when nothing has been learnt yet. A term whose gradient 
 magnitude above the others decides alone what the shared features become (as the literal MEC did).
 Prints a markdown table.
 """
-from dssl_jax import main as _main  # defines --config, sets XLA_FLAGS before jax is imported
-
-from absl import app  # pylint: disable=g-bad-import-order,g-import-not-at-top
+from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
+from ml_collections import config_flags
 import optax
 
-from dssl_jax import losses
+from dssl_jax import cli, losses
 from dssl_jax.data import pipeline
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
 
-flags.DEFINE_integer('batch', 0, 'Batch size (default: config.train.batch_size).')
-flags.DEFINE_integer('vocab', 5000, 'Vocabulary size of the random batch.')
-flags.DEFINE_integer('classes', 0, 'Train identities (default: 11,003 at the paper sizes, '
-                     'i.e. 384x128 images; 350 otherwise, the synthetic default).')
-flags.DEFINE_integer('seed', 0, 'Parameters and batch.')
 FLAGS = flags.FLAGS
 
 GROUPS = ('backbone', 'text', 'heads')  # parameter groups: ResNet, word embedding + bi-GRU, rest
@@ -79,7 +73,7 @@ def markdown(table: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  _main.quiet_logging()
+  cli.quiet_logging()
   config = FLAGS.config
   try:
     batch_size = FLAGS.batch or config.train.batch_size
@@ -92,10 +86,17 @@ def main(argv):
     batch = pipeline.random_batch(config, FLAGS.vocab, classes, batch_size, FLAGS.seed)
     table = term_gradients(config, variables, batch, sdm_rng, model)
   except UserError as e:
-    _main.fail(str(e))
+    cli.fail(str(e))
   print(markdown(table))
 
 
-if __name__ == '__main__':
+if __name__ == '__main__':  # flags only here: the module's functions are imported elsewhere
+  config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cuhk.py; override '
+                                  'fields with --config.a.b=value.', lock_config=True)
+  flags.DEFINE_integer('batch', 0, 'Batch size (default: config.train.batch_size).')
+  flags.DEFINE_integer('vocab', 5000, 'Vocabulary size of the random batch.')
+  flags.DEFINE_integer('classes', 0, 'Train identities (default: 11,003 at the paper sizes, '
+                       'i.e. 384x128 images; 350 otherwise, the synthetic default).')
+  flags.DEFINE_integer('seed', 0, 'Parameters and batch.')
   flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=_main.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -4,18 +4,24 @@ import os
 import time
 
 import jax
+import ml_collections
 
 METRICS = ('R1', 'R5', 'R10', 'mAP', 'mINP')  # the columns of every results table
 SEPARATION = 'separation/'  # feature statistics logged beside the loss terms, not loss terms
 
 
 class MetricLog:
-  """Appends scalars to WORKDIR/metrics.jsonl and TensorBoard event files (process 0 only)."""
+  """Scalars into WORKDIR/metrics.jsonl and TensorBoard (clu.metric_writers), process 0 only.
 
-  def __init__(self, workdir: str):
+  The run's config goes into TensorBoard as hyper-parameters, so that a sweep's runs appear side by
+  side, with their metrics, in TensorBoard's HParams view.
+  """
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict | None = None):
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.tensorboard = os.path.join(workdir, 'tensorboard')
     self.enabled = jax.process_index() == 0
+    self.config = config
     self._writer = None  # created on the first write
 
   def write(self, step: int, values: dict, prefix: str = ''):
@@ -24,12 +30,12 @@ class MetricLog:
     scalars = {prefix + k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
     with open(self.path, 'a') as f:
       f.write(json.dumps({'step': step, **scalars}) + '\n')
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     if self._writer is None:
-      self._writer = tf.summary.create_file_writer(self.tensorboard)
-    with self._writer.as_default():
-      for name, value in scalars.items():
-        tf.summary.scalar(name, value, step=step)
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top
+      self._writer = metric_writers.SummaryWriter(self.tensorboard)
+      if self.config is not None:
+        self._writer.write_hparams(self.config.to_dict())
+    self._writer.write_scalars(step, scalars)
     self._writer.flush()
 
 

@@ -19,13 +19,14 @@ from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
 from dssl_jax import evaluate, losses, reports, weights
-from dssl_jax.data import pipeline
+from dssl_jax.data import builders, pipeline
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
 
@@ -114,7 +115,7 @@ class Trainer:
     self.best = ocp.CheckpointManager(os.path.join(self.workdir, 'best'),
                                       options=ocp.CheckpointManagerOptions(max_to_keep=1,
                                                                            create=True))
-    self.log = reports.MetricLog(self.workdir)
+    self.log = reports.MetricLog(self.workdir, config)
     self._steps = {}
     self._stop = False
 
@@ -288,7 +289,8 @@ class Trainer:
 
   def _end_of_epoch(self, state, epoch):
     """Val evaluation; the best checkpoint is chosen on val, never on test."""
-    if 'val' not in self.meta.splits or (epoch + 1) % self.config.train.eval_every_epochs:
+    if (not self.meta.kept.get('val', {}).get('images')
+        or (epoch + 1) % self.config.train.eval_every_epochs):
       return
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     metrics = evaluate.evaluate(self.encoder, variables, self.config, self.meta, 'val')['metrics']
@@ -328,7 +330,6 @@ class Trainer:
 
   def final_evaluation(self) -> dict:
     """config.eval.split, plain and re-ranked, into WORKDIR/results.json, a table and a picture."""
-    from dssl_jax.data import builders  # pylint: disable=g-import-not-at-top
     config, split = self.config, self.config.eval.split
     variables, which = self.evaluation_variables()
     start = time.time()
@@ -385,6 +386,26 @@ def save_results(workdir: str, metrics: dict, extra: dict | None = None):
   with open(path + '.tmp', 'w') as f:
     json.dump(metrics | (extra or {}), f, indent=2)
   os.replace(path + '.tmp', path)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str):
+  """What `python -m dssl_jax.main --mode=prepare|train|eval` does (launch.sweep trains each row
+  with it): process 0 prepares the dataset, the others wait for it on shared storage."""
+  if config.train.distributed:
+    jax.distributed.initialize()
+  if mode != 'prepare' and not workdir:
+    raise UserError(f'--mode={mode} needs --workdir')
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+  if mode in ('prepare', 'train'):
+    if jax.process_index() == 0:
+      builders.prepare(config.data)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('dataset prepared')
+  if mode == 'train':
+    train_and_evaluate(config, workdir)
+  elif mode == 'eval':
+    evaluate_workdir(config, workdir)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -16,22 +16,15 @@ import os
 import shlex
 import sys
 
-from dssl_jax import main as dssl_main  # defines --config/--workdir, sets XLA_FLAGS first
-
-from absl import app  # pylint: disable=g-bad-import-order,g-import-not-at-top
+from absl import app
 from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-from dssl_jax import reports
+from dssl_jax import cli
 from dssl_jax.errors import UserError
 from launch.sweeps import SWEEPS, slug
 
-flags.DEFINE_enum('sweep', None, sorted(SWEEPS), 'Which table to run.')
-flags.DEFINE_integer('variant', -1, 'Run only this row (0-based); -1: all rows.')
-flags.DEFINE_integer('seeds', 1, 'Train each row this many times (config.seed, +1, ...).')
-flags.DEFINE_bool('dry_run', False, 'Print the command of each row instead of running it.')
-flags.DEFINE_bool('table_only', False, 'Only collect finished rows into the table.')
 FLAGS = flags.FLAGS
 
 
@@ -66,9 +59,16 @@ def seed_runs(workdir: str, name: str, seed: int, seeds: int) -> list[tuple[str,
           for k in range(seeds)]
 
 
+def train_row(config: ml_collections.ConfigDict, workdir: str):
+  """One row's run, as python -m dssl_jax.main --mode=train would do it."""
+  from dssl_jax import train  # pylint: disable=g-import-not-at-top
+  train.run(config, workdir, 'train')
+
+
 def write_table(workdir: str, sweep: str, rows: dict) -> str:
   """<sweep>.md and .csv (rows = variants, columns = metrics, mean ± std over seeds; the csv also
   lists every seed's R1) and a bar chart with the spread as error bars; returns the table."""
+  from dssl_jax import reports  # pylint: disable=g-import-not-at-top
   summary = {name: reports.mean_and_std(runs) for name, runs in rows.items()}
   seeds = max(len(runs) for runs in rows.values())
   labelled = {name + (f' ({len(rows[name])} of {seeds} seeds)' if len(rows[name]) < seeds else ''):
@@ -118,7 +118,7 @@ def run_sweep(config, config_path: str, sweep: str, workdir: str, variant: int =
         continue
       else:
         print(f'{where}: training in {sub}', flush=True)
-        dssl_main.run(variant_config(configs[i], seed_override), sub, 'train')
+        train_row(variant_config(configs[i], seed_override), sub)
       with open(results) as f:
         rows.setdefault(name, []).append(json.load(f))
   if rows and variant < 0:
@@ -131,7 +131,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS.sweep or not FLAGS.workdir:
     raise app.UsageError('--sweep and --workdir are required')
-  dssl_main.quiet_logging()
+  cli.quiet_logging()
   extra = [a for a in sys.argv[1:] if a.startswith('--config.')]
   try:
     os.makedirs(FLAGS.workdir, exist_ok=True)
@@ -139,9 +139,18 @@ def main(argv):
               FLAGS.workdir,
               FLAGS.variant, FLAGS.dry_run, FLAGS.table_only, extra, FLAGS.seeds)
   except UserError as e:
-    dssl_main.fail(str(e))
+    cli.fail(str(e))
 
 
-if __name__ == '__main__':
+if __name__ == '__main__':  # flags only here: the module's functions are imported elsewhere
+  config_flags.DEFINE_config_file('config', None, 'The base config of every row, e.g. '
+                                  'configs/cuhk.py; --config.a.b=value applies to every row.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Folder of the sweep: each row trains in WORKDIR/<row>/.')
+  flags.DEFINE_enum('sweep', None, sorted(SWEEPS), 'Which table to run.')
+  flags.DEFINE_integer('variant', -1, 'Run only this row (0-based); -1: all rows.')
+  flags.DEFINE_integer('seeds', 1, 'Train each row this many times (config.seed, +1, ...).')
+  flags.DEFINE_bool('dry_run', False, 'Print the command of each row instead of running it.')
+  flags.DEFINE_bool('table_only', False, 'Only collect finished rows into the table.')
   flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=dssl_main.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,5 +1,8 @@
-"""Shared fixtures: a tiny synthetic dataset built once per session, and its config."""
+"""Shared fixtures, built once per session: a tiny synthetic dataset and its config; a tiny trained
+workdir with a folder of images to search."""
+import json
 import os
+import shutil
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -9,7 +12,7 @@ import torchvision  # pylint: disable=g-import-not-at-top,unused-import
 
 import pytest  # pylint: disable=g-import-not-at-top
 
-from tests.helpers import tiny_config  # pylint: disable=g-import-not-at-top
+from tests.helpers import tiny_config, tiny_train_config  # pylint: disable=g-import-not-at-top
 
 
 @pytest.fixture(scope='session')
@@ -19,3 +22,27 @@ def tiny_dataset(tmp_path_factory):
   config = tiny_config(str(tmp_path_factory.mktemp('tfds')))
   builders.prepare(config.data)
   return config, pipeline.dataset_meta(config.data)
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory):
+  """A tiny model that has learned 6 train identities, and a folder of 15 of their 18 images (and
+  a corrupt one): (workdir, image folder, train entries, raw dataset folder)."""
+  from dssl_jax import train  # pylint: disable=g-import-not-at-top
+  from dssl_jax.data import builders  # pylint: disable=g-import-not-at-top
+  config = tiny_train_config(tiny_config(str(tmp_path_factory.mktemp('tfds')), identities=8))
+  builders.prepare(config.data)
+  t = config.train
+  t.stage1_epochs, t.stage2_epochs, t.stage2_lr, t.lr_decay_epochs = 1, 40, 2e-3, 100
+  t.eval_every_epochs = 1000  # a 1-person val split cannot pick a best epoch: use the last
+  workdir = str(tmp_path_factory.mktemp('run'))
+  with train.Trainer(config, workdir) as trainer:
+    trainer.train()
+  raw = builders.manual_dir(config.data)
+  with open(os.path.join(raw, 'reid_raw.json')) as f:
+    entries = [e for e in json.load(f) if e['split'] == 'train']
+  images = tmp_path_factory.mktemp('images')
+  for e in entries[:-3]:  # the last three come later
+    shutil.copy(os.path.join(raw, 'imgs', e['file_path']), images)
+  (images / 'corrupt.jpg').write_bytes(b'\xff\xd8 not a jpeg')
+  return workdir, images, entries, raw

@@ -8,33 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from dssl_jax import evaluate, search, train
-from dssl_jax.data import builders, captions
+from dssl_jax import evaluate, index as index_lib, train
+from dssl_jax.data import captions
 from dssl_jax.errors import UserError
-from tests.helpers import tiny_config, tiny_train_config
+from dssl_jax.retriever import Retriever
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A tiny model that has learned 6 train identities, and a folder of their 18 images."""
-  config = tiny_train_config(tiny_config(str(tmp_path_factory.mktemp('tfds')), identities=8))
-  builders.prepare(config.data)
-  t = config.train
-  t.stage1_epochs, t.stage2_epochs, t.stage2_lr, t.lr_decay_epochs = 1, 40, 2e-3, 100
-  t.eval_every_epochs = 1000  # a 1-person val split cannot pick a best epoch: use the last
-  workdir = str(tmp_path_factory.mktemp('run'))
-  with train.Trainer(config, workdir) as trainer:
-    trainer.train()
-  raw = builders.manual_dir(config.data)
-  with open(os.path.join(raw, 'reid_raw.json')) as f:
-    entries = [e for e in json.load(f) if e['split'] == 'train']
-  images = tmp_path_factory.mktemp('images')
-  for e in entries[:-3]:  # the last three come later
-    shutil.copy(os.path.join(raw, 'imgs', e['file_path']), images)
-  (images / 'corrupt.jpg').write_bytes(b'\xff\xd8 not a jpeg')
-  return workdir, images, entries, raw
 
 
 def test_queries_use_the_tagger_the_training_phrases_were_made_with(trained, monkeypatch):
@@ -43,24 +22,24 @@ def test_queries_use_the_tagger_the_training_phrases_were_made_with(trained, mon
   workdir = trained[0]
   config, meta = train.load_workdir(workdir)
   assert meta.tagger == captions.resolve_tagger(config.data.tagger)
-  searcher = search.Searcher(workdir)
+  retriever = Retriever.from_workdir(workdir)
   used = []
   real = captions.make_tagger
   monkeypatch.setattr(captions, 'make_tagger', lambda kind: used.append(kind) or real(kind))
-  searcher.config.data.tagger = 'perceptron' if meta.tagger == 'lexicon' else 'lexicon'
-  searcher.encode_queries(['a person in a red coat, blue jeans'])
+  retriever.config.data.tagger = 'perceptron' if meta.tagger == 'lexicon' else 'lexicon'
+  retriever.encode_texts(['a person in a red coat, blue jeans'])
   assert used == [meta.tagger]
 
 
 def test_index_query_incremental(trained, tmp_path, capsys):
   workdir, images, entries, raw = trained
-  searcher = search.Searcher(workdir)
+  retriever = Retriever.from_workdir(workdir)
   folder = str(tmp_path / 'index')
-  counts = search.build_index(searcher, str(images), folder, shard_size=6)
+  counts = retriever.build_index(str(images), folder, shard_size=6)
   assert counts == {'found': len(entries) - 2, 'encoded': len(entries) - 3, 'unreadable': 1,
                     'indexed': len(entries) - 3}
   assert 'unreadable, skipped: corrupt.jpg' in capsys.readouterr().out
-  index = search.Index(folder)
+  index = index_lib.Index(folder)
   assert [s['count'] for s in index.manifest['shards']] == [6, 6, 3]
 
   # Later: three new files and one changed file; only those are encoded.
@@ -68,18 +47,18 @@ def test_index_query_incremental(trained, tmp_path, capsys):
     shutil.copy(os.path.join(raw, 'imgs', e['file_path']), images)
   changed = images / os.path.basename(entries[0]['file_path'])
   os.utime(changed, (1e9, 1e9))
-  counts = search.build_index(searcher, str(images), folder, shard_size=6)
+  counts = retriever.build_index(str(images), folder, shard_size=6)
   assert counts == {'found': len(entries) + 1, 'encoded': 4, 'unreadable': 1,
                     'indexed': len(entries)}
-  index = search.Index(folder)
+  index = index_lib.Index(folder)
   assert index.manifest['shards'][0]['stale'] == [0]
 
   # Exact: the same as scoring every (current) image at once.
   people = entries[::3]  # one image of each of the 6 people
   texts = [e['captions'][1] for e in people]
-  queries, unknown = searcher.encode_queries(texts)
-  e = searcher.config.eval
-  results = search.search(index, queries, 5, e.lambda1, e.lambda2, candidates=None)
+  queries = retriever.encode_texts(texts)
+  e = retriever.config.eval
+  results = index_lib.search(index, queries, 5, e.lambda1, e.lambda2, candidates=None)
   shards = range(len(index.manifest['shards']))
   valid = [index.valid(s) for s in shards]
   paths = np.concatenate([index.array(s, 'paths')[v] for s, v in zip(shards, valid)])
@@ -93,16 +72,16 @@ def test_index_query_incremental(trained, tmp_path, capsys):
     np.testing.assert_allclose([s for _, s in hits], full[q, want], rtol=1e-5)
   # Two stages: with every image a candidate, the exact result; with 4, Sim_TI's best of the 4
   # images of highest cos(V_P, T_P).
-  for hits, exact in zip(search.search(index, queries, 5, e.lambda1, e.lambda2, candidates=100),
+  for hits, exact in zip(index_lib.search(index, queries, 5, e.lambda1, e.lambda2, candidates=100),
                          results):
     assert [p for p, _ in hits] == [p for p, _ in exact]
     np.testing.assert_allclose([s for _, s in hits], [s for _, s in exact], rtol=1e-5)
   cosines = evaluate.similarity(gallery, queries, 0, 0)
-  for q, hits in enumerate(search.search(index, queries, 3, e.lambda1, e.lambda2, candidates=4)):
+  for q, hits in enumerate(index_lib.search(index, queries, 3, e.lambda1, e.lambda2, candidates=4)):
     four = np.argsort(-cosines[q], kind='stable')[:4]
     want = four[np.argsort(-full[q, four], kind='stable')][:3]
     assert [p for p, _ in hits] == list(paths[want])
-  shares = search.recall(index, queries, 3, e.lambda1, e.lambda2, candidates=(1, 100))
+  shares = index_lib.recall(index, queries, 3, e.lambda1, e.lambda2, candidates=(1, 100))
   assert shares[100] == 1 and shares[1] <= 1 / 3  # one candidate: at most one of the top 3
   # A caption of a known person finds that person first.
   top_person = [int(hits[0][0][1:6]) for hits in results]  # synthetic/p00007_2.jpg -> 7
@@ -132,22 +111,22 @@ def test_command_line_and_bad_input(trained, tmp_path):
     out = _cli('query', f'--workdir={workdir}', f'--index={folder}', text)
     assert out.returncode == 1 and 'Traceback' not in out.stderr
     assert message in out.stderr.strip().splitlines()[-1]
-  with open(os.path.join(folder, search.MANIFEST)) as f:
+  with open(os.path.join(folder, index_lib.MANIFEST)) as f:
     manifest = json.load(f)
   manifest['fingerprint']['vocabulary'] += 1  # as if made by another model
-  with open(os.path.join(folder, search.MANIFEST), 'w') as f:
+  with open(os.path.join(folder, index_lib.MANIFEST), 'w') as f:
     json.dump(manifest, f)
   out = _cli('query', f'--workdir={workdir}', f'--index={folder}', 'a man')
   assert out.returncode == 1 and 'made with another model or vocabulary' in out.stderr
   out = _cli('query', f'--workdir={tmp_path}', f'--index={folder}', 'a man')
   assert out.returncode == 1 and 'must be a trained dssl_jax workdir' in out.stderr
   del manifest['version']  # an index from before the two-stage search: one .npz per shard
-  with open(os.path.join(folder, search.MANIFEST), 'w') as f:
+  with open(os.path.join(folder, index_lib.MANIFEST), 'w') as f:
     json.dump(manifest, f)
   out = _cli('query', f'--workdir={workdir}', f'--index={folder}', 'a man')
   assert out.returncode == 1 and 'has an older format' in out.stderr.strip().splitlines()[-1]
 
 
-def test_searcher_needs_a_trained_workdir(tmp_path):
+def test_retriever_needs_a_trained_workdir(tmp_path):
   with pytest.raises(UserError, match='config.json not found'):
-    search.Searcher(str(tmp_path))
+    Retriever.from_workdir(str(tmp_path))

@@ -17,6 +17,11 @@ from dssl_jax.data import builders
 from dssl_jax.data.builders.person_text import PHRASE_SEPARATOR
 from dssl_jax.errors import UserError
 
+try:  # tf.data only: leave every accelerator to JAX
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # TensorFlow was initialised before this import; its placement stands
+  pass
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -87,7 +92,11 @@ def _text_encoder(config, meta: DatasetMeta) -> TextEncoder:
 
 def decode_and_resize(encoded: tf.Tensor, size) -> tf.Tensor:
   """Any JPEG/PNG (grey too) -> uint8 [H, W, 3] at `size`, antialiased like PIL's resize."""
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  return resize(tf.io.decode_image(encoded, channels=3, expand_animations=False), size)
+
+
+def resize(image: tf.Tensor, size) -> tf.Tensor:
+  """uint8 [H, W, 3] -> uint8 at `size`, antialiased like PIL's resize."""
   image = tf.image.resize(image, size, method='bilinear', antialias=True)
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 

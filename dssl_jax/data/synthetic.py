@@ -12,6 +12,7 @@ histograms alone do not retrieve the person.
 writes DIR/reid_raw.json and DIR/imgs/synthetic/*.jpg; the same seed gives the same bytes.
 """
 import dataclasses
+import functools
 import json
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+import tqdm
 
 from dssl_jax.data import captions as captions_lib
 
@@ -390,12 +392,14 @@ def generate(out_dir: str, identities: int, seed: int = 0, images_per_identity: 
   jobs = [(out_dir, seed, index, person, split_of[index], images_per_identity,
            captions_per_image, tuple(size)) for index, person in enumerate(people)]
   processes = min(processes or os.cpu_count() or 1, identities)
+  progress = functools.partial(tqdm.tqdm, desc='generating people', total=identities,
+                               unit='person', disable=None, leave=False)
   if processes > 1:  # spawn, not fork: the caller may hold JAX's threads
     with multiprocessing.get_context('spawn').Pool(processes) as pool:
-      per_identity = pool.map(_render_identity, jobs,
-                              chunksize=max(1, identities // (8 * processes)))
+      per_identity = list(progress(pool.imap(_render_identity, jobs,
+                                             chunksize=max(1, identities // (8 * processes)))))
   else:
-    per_identity = map(_render_identity, jobs)
+    per_identity = list(progress(map(_render_identity, jobs)))
   entries = [entry for identity in per_identity for entry in identity]
   counts = {}
   for e in entries:

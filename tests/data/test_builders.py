@@ -141,6 +141,10 @@ def test_bad_folders_and_files_give_one_clear_line(tmp_path):
   (tmp_path / 'reid_raw.json').write_text('{"split": "train"}')
   with pytest.raises(UserError, match=r'expected a JSON list'):
     builders.prepare(config.data)
+  (tmp_path / 'reid_raw.json').write_text(
+      '[{"id": 1, "split": "test", "file_path": "gone.jpg", "captions": ["a man"]}]')
+  with pytest.raises(UserError, match=r'no usable train entry'):
+    builders.prepare(config.data)
   config.data.name = 'market1501'
   with pytest.raises(UserError, match='config.data.name'):
     builders.prepare(config.data)
@@ -155,3 +159,48 @@ def test_unbuilt_dataset_and_changed_build_options_are_reported(tmp_path):
   config.data.min_word_count = 1
   with pytest.raises(UserError, match='min_word_count: built 2, asked 1'):
     builders.prepare(config.data)
+
+
+@pytest.mark.slow
+def test_a_dataset_written_from_the_readme_schema_alone_trains_and_tests(tmp_path):
+  """README, "Your own dataset": 3 people in reid_raw.json + imgs/, through configs/cuhk.py with
+  a data_dir of its own. No val entries: the last checkpoint is tested."""
+  from configs import cuhk  # pylint: disable=g-import-not-at-top
+  from dssl_jax import train  # pylint: disable=g-import-not-at-top
+  from tests.helpers import tiny_train_config  # pylint: disable=g-import-not-at-top
+  raw, rng = tmp_path / 'mine', np.random.default_rng(0)
+  entries = [
+      {'id': 1, 'split': 'train', 'file_path': 'cam1/0001_a.jpg',
+       'captions': ['A man in a grey coat and black trousers.', 'The man wears a grey coat.']},
+      {'id': 1, 'split': 'train', 'file_path': 'cam2/0001_b.png',
+       'captions': ['A man in a long grey coat.', 'A tall man, grey coat and black shoes.']},
+      {'id': '2', 'split': 'train', 'file_path': 'cam1/0002_a.jpg',
+       'captions': ['A woman with a red bag and a white shirt.', 'The woman carries a red bag.']},
+      {'id': 2, 'split': 'train', 'file_path': 'cam2/0002_b.jpg',
+       'captions': ['A woman in a white shirt with a red bag.', 'A red bag, a white shirt.']},
+      {'id': 3, 'split': 'test', 'file_path': 'cam1/0003_a.jpg',
+       'captions': 'A boy in a green jacket.'},
+      {'id': 3, 'split': 'test', 'file_path': 'cam2/0003_b.jpg',
+       'captions': ['A boy wearing a green jacket and blue jeans.']},
+  ]
+  for e in entries:
+    (raw / 'imgs' / os.path.dirname(e['file_path'])).mkdir(parents=True, exist_ok=True)
+    size = rng.integers(40, 200, 2)
+    Image.fromarray(rng.integers(0, 255, (*size, 3), np.uint8)).save(
+        raw / 'imgs' / e['file_path'])
+  (raw / 'reid_raw.json').write_text(json.dumps(entries))
+  config = cuhk.get_config()
+  config.data.manual_dir, config.data.data_dir = str(raw), str(tmp_path / 'mine_tfds')
+  config = tiny_train_config(config)
+  config.train.batch_size, config.eval.batch_size, config.eval.image_to_text = 8, 16, False
+  workdir = str(tmp_path / 'run')
+  train.run(config, workdir, 'train')
+  meta = pipeline.dataset_meta(config.data)
+  assert meta.num_train_identities == 2
+  assert meta.kept == {'train': {'images': 4, 'captions': 8, 'identities': 2},
+                       'val': {'images': 0, 'captions': 0, 'identities': 0},
+                       'test': {'images': 2, 'captions': 2, 'identities': 1}}
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  assert results['evaluated'].startswith('the last checkpoint')
+  assert results['queries'] == 2 and results['R1'] == 100.0  # one test person: always first

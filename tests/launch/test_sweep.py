@@ -78,14 +78,14 @@ def test_seeds_table_reports_mean_std_and_every_seed(tmp_path, monkeypatch, caps
   monkeypatch.setitem(SWEEPS, 'tiny', [('DSSL', {}), ('no SAM', {'model.sam': False})])
   trained = []
 
-  def fake_run(config, workdir, mode):  # a "training" whose R1 is a function of the row and seed
+  def fake_run(config, workdir):  # a "training" whose R1 is a function of the row and seed
     trained.append((workdir, config.seed, config.model.sam))
     r1 = 50 + 10 * config.model.sam + config.seed
     os.makedirs(workdir)
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump({'R1': r1, 'R5': 80.0, 'R10': 90.0, 'mAP': r1 / 2, 'mINP': 20.0}, f)
 
-  monkeypatch.setattr(sweep_lib.dssl_main, 'run', fake_run)
+  monkeypatch.setattr(sweep_lib, 'train_row', fake_run)
   config = tiny_model_config()
   config.seed = 4
   rows = sweep_lib.run_sweep(config, 'configs/synthetic.py', 'tiny', str(tmp_path), seeds=3)

@@ -13,6 +13,7 @@ from typing import Callable
 
 from absl import logging
 from PIL import Image
+import tqdm
 
 from dssl_jax.data import captions as captions_lib
 from dssl_jax.errors import UserError
@@ -115,7 +116,8 @@ def read_records(name: str, manual_dir: str, phrase_extractor: Callable[[str], l
   entries = load_annotations(name, manual_dir)
   summary = BuildSummary()
   records = []
-  for i, entry in enumerate(entries):
+  for i, entry in enumerate(tqdm.tqdm(entries, desc='reading annotations', unit='image',
+                                     disable=None, leave=False)):
     file = entry.get(fmt.path_key) if isinstance(entry, dict) else None
     where = file if isinstance(file, str) and file else f'entry {i}'
     if not isinstance(entry, dict) or not isinstance(file, str) or not file:

@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from dssl_jax.data import captions as captions_lib
 from dssl_jax.data.builders import annotations
+from dssl_jax.errors import UserError
 
 PHRASE_SEPARATOR = '|'
 
@@ -68,9 +69,13 @@ class PersonTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         'build_options': dataclasses.asdict(config) | {'manual_dir': manual_dir},
     })
     print(summary.format(), flush=True)
+    if not train:
+      raise UserError(f'{manual_dir}: no usable train entry, nothing to train on (see the build '
+                      'summary above)')
+    # A split without entries is left out (TFDS cannot write an empty one): no val, no best epoch.
     return {split: self._generate_examples(manual_dir, [r for r in records if r.split == split],
                                            labels)
-            for split in annotations.FORMATS[self.FORMAT].splits}
+            for split in annotations.FORMATS[self.FORMAT].splits if summary.kept[split]['images']}
 
   def _generate_examples(self, manual_dir, records, labels):
     for record in records:

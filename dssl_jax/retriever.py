@@ -1,0 +1,134 @@
+"""A trained model from Python: encode person images and sentences, score them, search an index.
+
+    from dssl_jax import Retriever
+    retriever = Retriever.from_workdir('runs/cuhk')
+    images = retriever.encode_images(['a.jpg', 'b.jpg'])         # paths or uint8 [H, W, 3] arrays
+    texts = retriever.encode_texts(['a woman in a red coat and black boots'])
+    scores = retriever.similarity(images, texts)                  # [texts, images], Sim_TI
+    retriever.build_index('my_photos/', 'my_index/')              # encodes new or changed files
+    hits = retriever.search(['a man with a blue backpack'], 'my_index/', top=5)  # [(path, score)]
+
+Images go through the test pipeline's decoding and resizing; sentences through the training
+vocabulary and the tagger the training phrases were made with. Defines no flag.
+"""
+import functools
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from dssl_jax import evaluate, index as index_lib, train
+from dssl_jax.data import captions, pipeline
+from dssl_jax.errors import UserError
+
+
+class Retriever:
+  """The best (else latest) checkpoint of a trained workdir, ready to encode and rank."""
+
+  def __init__(self, workdir: str):
+    """Prefer `Retriever.from_workdir(path)`."""
+    self.config, self.meta = train.load_workdir(workdir)
+    with train.Trainer(self.config, workdir, self.meta) as trainer:
+      self.variables, self.checkpoint = trainer.evaluation_variables()
+      self.encoder = trainer.encoder
+    self.word_ids = {w: i for i, w in enumerate(self.meta.vocabulary)}
+    self.fingerprint = {'model': self.config.model.to_dict(),
+                        'image_size': list(self.config.data.image_size),
+                        'vocabulary': len(self.meta.vocabulary), 'checkpoint': self.checkpoint}
+
+  @classmethod
+  def from_workdir(cls, workdir: str) -> 'Retriever':
+    return cls(workdir)
+
+  # ------------------------------------------------------------------ images
+
+  def encode_images(self, images: list) -> dict:
+    """{'V_P' [N, p], 'V_L' [N, k, p]} of image paths or uint8 [H, W, 3] arrays (any size)."""
+    if not len(images):
+      raise UserError('encode_images needs at least one image')
+    size = self.config.data.image_size
+    if all(isinstance(x, (str, os.PathLike)) for x in images):
+      ds = tf.data.Dataset.from_tensor_slices([os.fspath(x) for x in images]).map(
+          lambda path: pipeline.decode_and_resize(tf.io.read_file(path), size),
+          num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+      for i, x in enumerate(images):
+        if isinstance(x, (str, os.PathLike)) or np.ndim(x) != 3 or np.shape(x)[-1] != 3:
+          raise UserError(f'image {i}: give all paths or all uint8 [H, W, 3] arrays, got '
+                          f'{type(x).__name__} {np.shape(x) if np.ndim(x) else ""}'.strip())
+      ds = tf.data.Dataset.from_generator(
+          lambda: (np.asarray(x, np.uint8) for x in images),
+          output_signature=tf.TensorSpec((None, None, 3), tf.uint8)).map(
+              lambda image: pipeline.resize(image, size))
+    ds = ds.map(lambda image: {'image': pipeline.normalize(image), 'person_id': 0,
+                               'file_path': ''})
+    features = self.encoder.gallery(
+        self.variables, pipeline.padded_batches(ds, self.config.eval.batch_size), len(images))
+    return {k: features[k] for k in evaluate.GALLERY_FEATURES}
+
+  # ------------------------------------------------------------------ text
+
+  @functools.cached_property
+  def _phrases(self) -> captions.PhraseExtractor:
+    """With the tagger the training phrases were made with (workdirs from before it was recorded:
+    the configured one)."""
+    return captions.PhraseExtractor(
+        captions.make_tagger(self.meta.tagger or self.config.data.tagger),
+        self.config.data.max_phrases)
+
+  def unknown_words(self, text: str) -> list[str]:
+    """The words of `text` outside the training vocabulary (encoded as unknown)."""
+    return sorted({w for w in captions.tokenize(text) if w not in self.word_ids})
+
+  def encode_texts(self, texts: list[str]) -> dict:
+    """{'T_P', 'T_L', 'phrase_valid'} of each sentence and its noun phrases."""
+    d = self.config.data
+    if isinstance(texts, str) or not len(texts):
+      raise UserError('encode_texts needs a list of at least one sentence')
+    tokens = np.zeros((len(texts), d.max_words), np.int32)
+    phrases = np.zeros((len(texts), d.max_phrases, d.max_phrase_words), np.int32)
+    for i, text in enumerate(texts):
+      words = captions.tokenize(text)
+      if not words:
+        raise UserError(f'query {i + 1} {text!r} is empty: it has no word')
+      ids = [self.word_ids.get(w, 1) for w in words]
+      if all(j == 1 for j in ids):
+        raise UserError(f'query {i + 1} {text!r} has no word of the training vocabulary')
+      tokens[i, :min(len(ids), d.max_words)] = ids[:d.max_words]
+      for k, phrase in enumerate(self._phrases(text)):
+        phrase_ids = [self.word_ids.get(w, 1) for w in phrase][:d.max_phrase_words]
+        phrases[i, k, :len(phrase_ids)] = phrase_ids
+    batch = {'tokens': tokens, 'token_mask': tokens != 0, 'phrases': phrases,
+             'phrase_mask': phrases != 0, 'person_id': np.zeros(len(texts), np.int32),
+             'text': np.array(texts, object)}
+    features = self.encoder.queries(self.variables, pipeline.padded_batches_of(
+        batch, self.config.eval.batch_size))
+    return {k: features[k] for k in evaluate.QUERY_FEATURES}
+
+  # ------------------------------------------------------------------ ranking
+
+  def similarity(self, images: dict, texts: dict) -> np.ndarray:
+    """Sim_TI [texts, images] of `encode_texts` and `encode_images` outputs (higher: better)."""
+    e = self.config.eval
+    return evaluate.similarity(images, texts, e.lambda1, e.lambda2)
+
+  def build_index(self, images: str, folder: str, shard_size: int = 50_000) -> dict:
+    """Encodes every new or changed jpg/png under the folder `images` into the index `folder`;
+    returns {found, encoded, unreadable, indexed} counts."""
+    return index_lib.build_index(self, images, folder, shard_size)
+
+  def open_index(self, folder: str) -> index_lib.Index:
+    """The index in `folder`, checked to be this model's."""
+    index = index_lib.Index(folder)
+    index.check(self.fingerprint)
+    return index
+
+  def search(self, texts: list[str], index, top: int = 10,
+             candidates: int | None = 1000) -> list[list[tuple[str, float]]]:
+    """The `top` (image path relative to the indexed folder, Sim_TI score) of each sentence, best
+    first. `index`: a folder or `open_index`'s result. candidates=None: Sim_TI of every image."""
+    if not isinstance(index, index_lib.Index):
+      index = self.open_index(index)
+    e = self.config.eval
+    return index_lib.search(index, self.encode_texts(texts), top, e.lambda1, e.lambda2,
+                            candidates)

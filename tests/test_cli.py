@@ -1,0 +1,64 @@
+"""Every entry point's `--help` shows its own flags and nothing foreign; the user's entry points
+import jax and TensorFlow only after parsing (a quick `--help`); the library defines no flag;
+`--mode=config` prints the resolved config."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ENTRY_POINTS = {  # module: (its flags, flags of other entry points that must not show)
+    'dssl_jax.main': (['--config', '--workdir', '--mode'], ['--images', '--sweep', '--what']),
+    'dssl_jax.search': (['--workdir', '--images', '--index', '--top', '--candidates', '--exact'],
+                        ['--config', '--mode', '--sweep', '--what']),
+    'launch.sweep': (['--config', '--workdir', '--sweep', '--seeds', '--variant'],
+                     ['--mode', '--images', '--what']),
+    'dssl_jax.benchmark': (['--config', '--what', '--candidates', '--index_size'],
+                           ['--workdir', '--mode', '--images', '--sweep']),
+    'dssl_jax.loss_balance': (['--config', '--batch'], ['--workdir', '--mode', '--images']),
+}
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, env=os.environ | {'PYTHONPATH': ROOT})
+
+
+@pytest.mark.parametrize('module', sorted(ENTRY_POINTS))
+def test_help_shows_own_flags_only(module):
+  out = _run('-m', module, '--help')
+  assert 'Traceback' not in out.stderr and 'Try --helpfull' in out.stdout, out.stderr
+  own, foreign = ENTRY_POINTS[module]
+  shown = {line.strip().split(':')[0].replace('[no]', '') for line in out.stdout.splitlines()
+           if line.strip().startswith('--')}
+  assert {f for f in own if f not in shown} == set(), out.stdout
+  assert {f for f in foreign if f in shown} == set(), out.stdout
+
+
+@pytest.mark.parametrize('module', ['dssl_jax.main', 'dssl_jax.search', 'launch.sweep'])
+def test_user_entry_points_import_without_jax_or_tensorflow(module):
+  out = _run('-c', f'import sys, {module}; '
+             'print(sorted(m for m in ("jax", "tensorflow") if m in sys.modules))')
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == '[]'
+
+
+def test_the_library_defines_no_flag():
+  """Retriever, what it uses, and the sweep's and loss balance's functions can be imported into
+  any absl program."""
+  out = _run('-c', 'from absl import flags; import dssl_jax; from dssl_jax import Retriever; '
+             'from dssl_jax import evaluate, index, loss_balance, reports, train; '
+             'import launch.sweep; print(sorted(m for m in flags.FLAGS.flags_by_module_dict() '
+             'if "dssl_jax" in m or "launch" in m))')
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == '[]'
+
+
+def test_mode_config_prints_the_resolved_config():
+  out = _run('-m', 'dssl_jax.main', '--config=configs/synthetic.py', '--mode=config',
+             '--config.model.sdm_zero_ratio=0.25', '--config.train.batch_size=16')
+  assert out.returncode == 0, out.stderr
+  assert 'sdm_zero_ratio: 0.25' in out.stdout and 'batch_size: 16' in out.stdout
+  assert 'depth: 18' in out.stdout and 'name: synthetic' in out.stdout  # the file's own values

@@ -1,0 +1,44 @@
+"""Logs: scalars into metrics.jsonl and TensorBoard, the config as TensorBoard hyper-parameters."""
+import glob
+import json
+
+import tensorflow as tf
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from configs import synthetic
+from dssl_jax import reports
+
+
+def _events(folder):
+  for path in sorted(glob.glob(f'{folder}/events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      yield from ((event.step, value) for value in event.summary.value)
+
+
+def test_scalars_and_hyperparameters_reach_tensorboard(tmp_path):
+  config = synthetic.get_config()
+  config.model.sdm_zero_ratio = 0.25
+  log = reports.MetricLog(str(tmp_path), config)
+  log.write(10, {'loss': 2.5, 'align1': 1.0, 'note': 'not a number'}, prefix='train/')
+  log.write(20, {'R1': 40.0}, prefix='val/')
+  with open(tmp_path / 'metrics.jsonl') as f:
+    assert [json.loads(line) for line in f] == [
+        {'step': 10, 'train/loss': 2.5, 'train/align1': 1.0}, {'step': 20, 'val/R1': 40.0}]
+  scalars, hparams = {}, {}
+  for step, value in _events(tmp_path / 'tensorboard'):
+    if value.metadata.plugin_data.plugin_name == 'hparams':
+      data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+      hparams |= {k: v.WhichOneof('kind') and getattr(v, v.WhichOneof('kind'))
+                  for k, v in data.session_start_info.hparams.items()}
+    else:
+      scalars[(value.tag, step)] = float(tf.make_ndarray(value.tensor))
+  assert scalars == {('train/loss', 10): 2.5, ('train/align1', 10): 1.0, ('val/R1', 20): 40.0}
+  assert hparams['model.sdm_zero_ratio'] == 0.25 and hparams['model.sdm_zeroing'] == 'loss'
+  assert hparams['train.batch_size'] == 32 and hparams['data.image_size.0'] == 192
+
+
+def test_only_process_zero_writes(tmp_path, monkeypatch):
+  monkeypatch.setattr(reports.jax, 'process_index', lambda: 1)
+  log = reports.MetricLog(str(tmp_path), synthetic.get_config())
+  log.write(1, {'loss': 1.0})
+  assert list(tmp_path.iterdir()) == []

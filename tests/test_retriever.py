@@ -1,0 +1,60 @@
+"""Retriever: the README's Python example, run as written against a tiny trained workdir."""
+import os
+import re
+import shutil
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from dssl_jax import Retriever
+from dssl_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _readme_example() -> str:
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    section = f.read().split('## Use a trained model from Python', 1)[1]
+  return re.search(r'```python\n(.*?)```', section, re.S).group(1)
+
+
+def test_the_readme_example_runs(trained, tmp_path, monkeypatch, capsys):
+  workdir, _, entries, raw = trained
+  (tmp_path / 'runs').mkdir()
+  os.symlink(workdir, tmp_path / 'runs' / 'synthetic')
+  (tmp_path / 'photos').mkdir()
+  for e in entries:
+    shutil.copy(os.path.join(raw, 'imgs', e['file_path']), tmp_path / 'photos')
+  monkeypatch.chdir(tmp_path)
+  scope = {}
+  exec(_readme_example(), scope)  # pylint: disable=exec-used
+  printed = capsys.readouterr().out.strip().splitlines()
+  photos, images, scores = scope['photos'], scope['images'], scope['scores']
+  assert len(photos) == len(entries) and scores.shape == (1, len(photos))
+  assert images['V_P'].shape[0] == images['V_L'].shape[0] == len(photos)
+  assert len(printed) == 3 and all(os.path.isfile(f'photos/{line.split()[1]}') for line in printed)
+  # The index's exact search scores what similarity() scores.
+  retriever = scope['retriever']
+  texts = ['a woman in a red coat and black boots']
+  [hits] = retriever.search(texts, 'photos_index', top=len(photos), candidates=None)
+  want = dict(zip((os.path.basename(p) for p in photos), scores[0]))
+  np.testing.assert_allclose([s for _, s in hits], [want[p] for p, _ in hits],
+                             atol=1e-3)  # the index holds float16 features
+
+
+def test_arrays_encode_as_their_files(trained, tmp_path):
+  workdir, _, entries, raw = trained
+  retriever = Retriever.from_workdir(workdir)
+  arrays = [np.asarray(Image.open(os.path.join(raw, 'imgs', e['file_path'])).convert('RGB'))
+            for e in entries[:3]]
+  paths = [str(tmp_path / f'{i}.png') for i in range(3)]  # lossless: the same pixels
+  for array, path in zip(arrays, paths):
+    Image.fromarray(array).save(path)
+  from_paths, from_arrays = retriever.encode_images(paths), retriever.encode_images(arrays)
+  for k in from_paths:
+    np.testing.assert_allclose(from_arrays[k], from_paths[k], rtol=1e-5, atol=1e-5)
+  with pytest.raises(UserError, match='image 1: give all paths or all uint8'):
+    retriever.encode_images([arrays[0], np.zeros((4, 4))])
+  with pytest.raises(UserError, match='list of at least one sentence'):
+    retriever.encode_texts('a man in a coat')
