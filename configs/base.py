@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.sam = True  # Table 2: salient attention module
   model.sdm = True  # Table 2: signal denoising module
   model.sdm_zero_ratio = 0.5  # Table 4: r
+  model.sdm_hidden = 0  # width of SDM's code (not given by the paper; 0 = p / 2)
   model.sdm_zeroing = 'loss'  # eq. 1's zeroing reaches: loss (eq. 2 only) | features (all uses)
   model.spfm_fusion = 'add'  # Table 3: add | concat
   model.dtype = 'float32'  # bfloat16: mixed precision (backbone + GRU; GPU/TPU, slow on CPU)

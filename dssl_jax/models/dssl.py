@@ -72,7 +72,7 @@ class DSSL(nn.Module):
     if self.switches.sam:
       self.sam = heads.SAM(p, groups)
     if self.switches.sdm:
-      self.sdm = heads.SDM(p, c.sdm_zero_ratio)
+      self.sdm = heads.SDM(p, c.sdm_zero_ratio, c.sdm_hidden or p // 2)
     self.id_classifier = heads.IdClassifier(self.num_classes, groups)
 
   def encode_image(self, images: jax.Array, train: bool = False,

@@ -128,15 +128,17 @@ def zero_entries(x: jax.Array, ratio: float, rng: jax.Array) -> jax.Array:
 
 
 class SDM(nn.Module):
-  """Signal denoising (eq. 1): y = Dec(Enc(Z(x, r))); zeroing only at train time."""
+  """Signal denoising (eq. 1): y = Dec(Enc(Z(x, r))); zeroing only at train time. The code's width
+  (`hidden`) is not given by the paper (config.model.sdm_hidden)."""
   features: int
   zero_ratio: float
+  hidden: int
 
   @nn.compact
   def __call__(self, x, train: bool):
     if train:
       x = zero_entries(x, self.zero_ratio, self.make_rng('sdm'))
-    code = nn.relu(nn.Dense(self.features // 2, name='encoder')(x))
+    code = nn.relu(nn.Dense(self.hidden, name='encoder')(x))
     return nn.Dense(self.features, name='decoder')(code)
 
 

@@ -58,7 +58,7 @@ def test_zeroing_sets_exactly_round_r_p_entries(ratio):
 
 
 def test_sdm_zeroes_at_train_time_only():
-  sdm = heads.SDM(features=16, zero_ratio=0.5)
+  sdm = heads.SDM(features=16, zero_ratio=0.5, hidden=8)
   x = jnp.asarray(np.random.default_rng(0).uniform(1, 2, (4, 16)), jnp.float32)
   variables = sdm.init({'params': jax.random.key(0), 'sdm': jax.random.key(1)}, x, train=True)
   encoder_inputs = []
@@ -67,6 +67,7 @@ def test_sdm_zeroes_at_train_time_only():
       encoder_inputs.append(np.asarray(args[0]))
     return next_fun(*args, **kwargs)
   p = variables['params']
+  assert p['encoder']['kernel'].shape == (16, 8)  # the code is `hidden` wide
   autoencode = lambda v: jax.nn.relu(v @ p['encoder']['kernel'] + p['encoder']['bias']
                                      ) @ p['decoder']['kernel'] + p['decoder']['bias']
   with nn.intercept_methods(record):
