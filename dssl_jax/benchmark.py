@@ -247,8 +247,9 @@ def bench_prepare(config):
   """Generating a synthetic dataset's files (if not there yet) and the TFDS build, timed apart."""
   from dssl_jax.data import builders  # pylint: disable=g-import-not-at-top
   d = config.data
-  if builders.get_builder(d).is_prepared():
-    raise UserError(f'{builders.get_builder(d).data_dir} is already built: delete it (or set '
+  builder = builders.get_builder(d)
+  if builder.is_prepared():
+    raise UserError(f'{builder.data_dir} is already built: delete it (or set '
                     'config.data.data_dir to an empty folder) to time the build')
   start = time.perf_counter()
   generated = builders.generate_synthetic(d)
