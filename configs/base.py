@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   model.depth = 50  # ResNet depth: 18 | 34 | 50
   model.width = 64  # ResNet base width (64 = torchvision's)
-  model.backbone_weights = ''  # .npz converted from torchvision (python -m dssl_jax.weights)
+  # ImageNet ResNet as .npz (python -m dssl_jax.weights); 'scratch' = random on purpose; '' refuses
+  model.backbone_weights = ''
   model.embed_dim = 1024  # p
   model.num_strips = 6  # k
   model.word_dim = 512  # word embedding size (not given by the paper)

@@ -17,6 +17,7 @@ def get_config():
   config.model.word_dim = 128
   config.model.gn_groups = 16
   # No ImageNet weights here: the backbone learns from scratch, so stage 2 needs a higher rate.
+  config.model.backbone_weights = 'scratch'
   config.train.stage1_epochs = 2
   config.train.stage2_epochs = 12
   config.train.stage2_lr = 1e-3

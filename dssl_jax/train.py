@@ -160,8 +160,9 @@ class Trainer:
   def initial_state(self) -> TrainState:
     params_rng, step_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))
     variables = flax.core.unfreeze(self._initial_variables(params_rng))
+    weights.check_backbone_weights(self.config.model)
     path = self.config.model.backbone_weights
-    if path:
+    if path != weights.SCRATCH:
       backbone = weights.load_backbone(path, {'params': variables['params']['backbone'],
                                               'batch_stats': variables['batch_stats']['backbone']})
       variables['params']['backbone'] = backbone['params']
@@ -395,6 +396,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str):
     jax.distributed.initialize()
   if mode != 'prepare' and not workdir:
     raise UserError(f'--mode={mode} needs --workdir')
+  if mode == 'train':
+    weights.check_backbone_weights(config.model)
   if workdir:
     os.makedirs(workdir, exist_ok=True)
   if mode in ('prepare', 'train'):

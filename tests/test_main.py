@@ -55,6 +55,14 @@ def test_bad_manual_dir_is_one_line_and_exit_1(tmp_path):
       f"error: config.data.manual_dir '{tmp_path / 'CUHK-PEDES'}' is not a folder")
 
 
+def test_a_real_data_run_without_backbone_weights_stops_before_any_work(tmp_path):
+  result = _main('--config=configs/cuhk.py', f'--workdir={tmp_path / "w"}',
+                 f'--config.data.manual_dir={tmp_path / "CUHK-PEDES"}')  # a folder that is not there
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: config.model.backbone_weights is not set: get ImageNet weights with')
+
+
 def test_a_typo_in_an_override_is_one_line_and_exit_1():
   result = _main('--config=configs/synthetic.py', '--config.model.sdm_zero_rate=0.25')
   assert result.returncode == 1 and 'Traceback' not in result.stderr

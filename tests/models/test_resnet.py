@@ -62,21 +62,6 @@ def test_mismatched_weights_fail_with_one_clear_line(tmp_path):
     weights.load_backbone(str(tmp_path / 'broken.npz'), ResNet(18).init(jax.random.key(0), images))
 
 
-def test_command_line_converter(tmp_path):
-  import subprocess, sys, os  # pylint: disable=g-import-not-at-top,multiple-imports
-  torch.save(_random_torchvision(18).state_dict(), tmp_path / 'r18.pth')
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  result = subprocess.run([sys.executable, '-m', 'dssl_jax.weights', str(tmp_path / 'r18.pth'),
-                           str(tmp_path / 'r18.npz')], capture_output=True, text=True, cwd=root)
-  assert result.returncode == 0, result.stderr
-  assert 'wrote' in result.stdout and np.load(tmp_path / 'r18.npz')['params/conv1/kernel'].shape == (
-      7, 7, 3, 64)
-  result = subprocess.run([sys.executable, '-m', 'dssl_jax.weights', str(tmp_path / 'r18.npz'),
-                           str(tmp_path / 'x.npz')], capture_output=True, text=True, cwd=root)
-  assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(
-      f'error: {tmp_path / "r18.npz"}: not a readable PyTorch file')
-
-
 def test_training_step_matches_torchvision(tmp_path):
   """Train mode, the whole network, in float64 (in float32 both frameworks' gradients through 53
   batch-norm layers of a random ResNet-50 agree only to ~1e-2): the input gradient, kernel
