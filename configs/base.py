@@ -72,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.checkpoint_every_steps = 1000  # and at the end of each stage
   train.keep_checkpoints = 3
   train.eval_every_epochs = 1  # on val, to pick the best checkpoint (never on test)
+  train.profile_steps = ()  # (first, last): a profiler trace of those steps into WORKDIR/tensorboard
   train.distributed = False  # jax.distributed.initialize() (multi-host; see launch/)
 
   config.eval = ev = ml_collections.ConfigDict()

@@ -6,6 +6,8 @@ import time
 import jax
 import ml_collections
 
+from dssl_jax.errors import UserError
+
 METRICS = ('R1', 'R5', 'R10', 'mAP', 'mINP')  # the columns of every results table
 SEPARATION = 'separation/'  # feature statistics logged beside the loss terms, not loss terms
 
@@ -37,6 +39,35 @@ class MetricLog:
         self._writer.write_hparams(self.config.to_dict())
     self._writer.write_scalars(step, scalars)
     self._writer.flush()
+
+
+class StepTrace:
+  """A JAX profiler trace of the training steps `first`..`last` (1-based, as the progress line
+  counts them) into `folder` (the workdir's TensorBoard folder: its Profile tab shows it)."""
+
+  def __init__(self, window, folder: str):
+    if window and not (len(window) == 2 and 1 <= window[0] <= window[1]):
+      raise UserError(f'config.train.profile_steps {tuple(window)}: want (first, last) with '
+                       '1 <= first <= last, or () for none')
+    self.window, self.folder, self.active = tuple(window), folder, False
+
+  def before(self, step: int):
+    """Called with the number of steps done before the next one runs."""
+    if self.window and step + 1 == self.window[0]:
+      jax.profiler.start_trace(self.folder)
+      self.active = True
+
+  def after(self, step: int, outputs):
+    if self.active and step >= self.window[1]:
+      self.stop(outputs)
+
+  def stop(self, outputs=None):
+    if self.active:
+      jax.block_until_ready(outputs)  # the traced steps' device work, not only their dispatch
+      jax.profiler.stop_trace()
+      self.active = False
+      print(f'profile of steps {self.window[0]}-{self.window[1]} written to {self.folder} '
+            f'(tensorboard --logdir {self.folder}, Profile tab)', flush=True)
 
 
 def _duration(seconds: float) -> str:

@@ -8,7 +8,9 @@ One jit-compiled step over a ("data",) mesh of every device: parameters replicat
 sharded (BN statistics are then global-batch). Orbax checkpoints every N steps and at the end of
 each stage; rerunning the same command resumes at the same step with the same data order.
 """
+import contextlib
 import functools
+import itertools
 import json
 import os
 import signal
@@ -16,6 +18,7 @@ import time
 from typing import Any
 
 from absl import logging
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -110,11 +113,12 @@ class Trainer:
     self.total_epochs = config.train.stage1_epochs + config.train.stage2_epochs
     self.encoder = evaluate.Encoder(self.model, self.mesh)
     options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True)
-    self.checkpoints = ocp.CheckpointManager(os.path.join(self.workdir, 'checkpoints'),
-                                             options=options)
-    self.best = ocp.CheckpointManager(os.path.join(self.workdir, 'best'),
-                                      options=ocp.CheckpointManagerOptions(max_to_keep=1,
-                                                                           create=True))
+    with _orbax_quiet():  # an unreadable checkpoint is reported once, when it is restored
+      self.checkpoints = ocp.CheckpointManager(os.path.join(self.workdir, 'checkpoints'),
+                                               options=options)
+      self.best = ocp.CheckpointManager(os.path.join(self.workdir, 'best'),
+                                        options=ocp.CheckpointManagerOptions(max_to_keep=1,
+                                                                             create=True))
     self.log = reports.MetricLog(self.workdir, config)
     self._steps = {}
     self._stop = False
@@ -173,14 +177,15 @@ class Trainer:
                        self._tx(stage).init(variables['params']), step_rng)
     return jax.device_put(state, self.replicated)
 
-  def restore(self, step=None) -> tuple[TrainState, dict]:
-    """The checkpoint at `step` (default: latest), onto this run's devices, and its meta."""
-    step = self.checkpoints.latest_step() if step is None else step
-    meta = self.checkpoints.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']
-    state = self.checkpoints.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(self._abstract_state(meta['stage']))))['state']
-    return state, meta
+  def restore(self) -> tuple[TrainState, dict] | None:
+    """The newest readable checkpoint, onto this run's devices, and its meta (None: there is none)."""
+    def read(step):
+      meta = self.checkpoints.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))['meta']
+      state = self.checkpoints.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(self._abstract_state(meta['stage']))))['state']
+      return state, meta
+    return newest_readable(self.checkpoints, read)
 
   def save(self, state: TrainState, stage: int):
     step = int(state.step)
@@ -218,22 +223,25 @@ class Trainer:
       json.dump({'vocabulary': self.meta.vocabulary,
                  'num_train_identities': self.meta.num_train_identities,
                  'tagger': self.meta.tagger}, f)
-    if self.checkpoints.latest_step() is not None:
-      state, meta = self.restore()
+    restored = self.restore()
+    if restored:
+      state, meta = restored
       print(f'resuming from step {meta["step"]} (stage {meta["stage"]})', flush=True)
       stage = meta['stage']
     else:
       state, stage = self.initial_state(), stage_of(0, self.config)
     previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+    trace = reports.StepTrace(self.config.train.profile_steps, self.log.tensorboard)
     try:
-      state = self._loop(state, stage)
+      state = self._loop(state, stage, trace)
     finally:
+      trace.stop()
       signal.signal(signal.SIGTERM, previous_handler)
       self.checkpoints.wait_until_finished()
       self.best.wait_until_finished()
     return state
 
-  def _loop(self, state: TrainState, stage: int) -> TrainState:
+  def _loop(self, state: TrainState, stage: int, trace: reports.StepTrace) -> TrainState:
     spe, t = self.steps_per_epoch, self.config.train
     total_steps = self.total_epochs * spe
     step = int(state.step)
@@ -251,8 +259,10 @@ class Trainer:
         next(batches)
       metrics = None
       for batch in batches:
+        trace.before(step)
         state, metrics = step_fn(state, self.global_batch(batch))
         step += 1
+        trace.after(step, metrics)
         if step % t.log_every_steps == 0 or step % spe == 0:
           self._report(metrics, step, epoch, stage, timer)
         if step % t.checkpoint_every_steps == 0:
@@ -297,10 +307,9 @@ class Trainer:
     metrics = evaluate.evaluate(self.encoder, variables, self.config, self.meta, 'val')['metrics']
     self.log.write(int(state.step), metrics, prefix='val/')
     print(f'  val after epoch {epoch + 1}: ' + reports.metrics_line(metrics), flush=True)
-    best_step = self.best.latest_step()
-    best_r1 = (self.best.restore(best_step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']['R1'] if best_step is not None else -1.0)
-    if metrics['R1'] > best_r1:
+    best = newest_readable(self.best, lambda step: self.best.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'], BEST_ITEMS)
+    if metrics['R1'] > (best['R1'] if best else -1.0):
       self.best.save(int(state.step), args=ocp.args.Composite(
           variables=ocp.args.StandardSave(variables),
           meta=ocp.args.JsonSave({'epoch': epoch + 1, **metrics})), force=True)
@@ -310,22 +319,23 @@ class Trainer:
     this run's devices, whatever device count saved them."""
     self.checkpoints.wait_until_finished()
     self.best.wait_until_finished()
+    abstract = self._abstract_state(2)
+    abstract = {'params': abstract.params, 'batch_stats': abstract.batch_stats}
     try:
-      best_step = self.best.latest_step()
-      if best_step is not None:
-        abstract = self._abstract_state(2)
-        abstract = {'params': abstract.params, 'batch_stats': abstract.batch_stats}
-        restored = self.best.restore(best_step, args=ocp.args.Composite(
-            variables=ocp.args.StandardRestore(abstract)))['variables']
-        return restored, f'the best checkpoint on val (step {best_step})'
-      if self.checkpoints.latest_step() is None:
-        raise UserError(f'no checkpoint in {self.checkpoints.directory}: train first '
-                        '(--mode=train with the same --workdir)')
-      state, meta = self.restore()
+      best = newest_readable(self.best, lambda step: (step, self.best.restore(
+          step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)))['variables']),
+          BEST_ITEMS)
+      if best:
+        return best[1], f'the best checkpoint on val (step {best[0]})'
+      restored = self.restore()
     except (ValueError, KeyError) as e:  # orbax's words for a tree of other names or shapes
       raise UserError(f'the checkpoint in {self.workdir} does not fit the configured model '
                       f'(config.model, dataset vocabulary or identities differ): '
                       f'{str(e).splitlines()[0][:300]}') from None
+    if not restored:
+      raise UserError(f'no readable checkpoint in {self.checkpoints.directory}: train first '
+                      '(--mode=train with the same --workdir)')
+    state, meta = restored
     return ({'params': state.params, 'batch_stats': state.batch_stats},
             f'the last checkpoint (step {meta["step"]})')
 
@@ -364,6 +374,61 @@ class Trainer:
 
 
 META_FILE = 'vocabulary.json'
+BEST_ITEMS = ('variables', 'meta')  # of a best/ checkpoint (checkpoints/: state and meta)
+
+
+def newest_readable(manager: ocp.CheckpointManager, read, items=('state', 'meta')):
+  """read(step) of the newest checkpoint that reads back; None when none does.
+
+  A checkpoint that fails to read, and also fails to read without a target (so the failure is
+  the files', not a model that differs), is moved aside into DIRECTORY.unreadable/STEP, never
+  deleted, with one warning line: a truncated copy or a full disk must not stop every rerun.
+  """
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      with _orbax_quiet():
+        return read(step)
+    except Exception:  # pylint: disable=broad-except
+      if _reads_without_target(manager, step, items):
+        raise  # the files are fine: the caller reports the mismatch
+    aside = epath.Path(f'{manager.directory}.unreadable') / str(step)
+    for n in itertools.count(1):  # an earlier run's step of the same number may be there
+      if not aside.exists():
+        break
+      aside = aside.with_name(f'{step}-{n}')
+    if jax.process_index() == 0:
+      aside.parent.mkdir(parents=True, exist_ok=True)
+      (manager.directory / str(step)).rename(aside)
+      logging.warning('checkpoint %s is unreadable (truncated or corrupt files): moved to %s',
+                      manager.directory / str(step), aside)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'moved aside {aside}')
+    with _orbax_quiet():
+      manager.reload()
+  return None
+
+
+def _reads_without_target(manager, step, items) -> bool:
+  """Whether every item of checkpoint `step` reads back as it was saved."""
+  try:
+    with _orbax_quiet():
+      manager.restore(step, args=ocp.args.Composite(**{
+          name: ocp.args.JsonRestore() if name == 'meta' else ocp.args.StandardRestore()
+          for name in items}))
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return True
+
+
+@contextlib.contextmanager
+def _orbax_quiet():
+  """orbax logs its own errors (at absl's ERROR level) before raising: ours is the one line."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.FATAL)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, pipeline.DatasetMeta]:

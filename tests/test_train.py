@@ -110,6 +110,46 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, 
   assert trainer.checkpoints.latest_step() == 10
 
 
+def _truncate(folder):
+  """As a bad copy or a full disk leaves a checkpoint: every file cut to half its size."""
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      os.truncate(path, os.path.getsize(path) // 2)
+
+
+def test_unreadable_checkpoints_are_moved_aside_and_the_newest_good_one_is_used(
+    tiny_dataset, tmp_path, capsys, caplog):
+  config = tiny_train_config(tiny_dataset[0])
+  config.train.stage1_epochs, config.train.stage2_epochs, config.train.checkpoint_every_steps = 1, 0, 4
+  workdir = str(tmp_path)
+  with train.Trainer(config, workdir) as trainer:
+    trainer.train()
+    steps = trainer.checkpoints.all_steps()
+    best = trainer.best.latest_step()
+  assert len(steps) == 3 and best == steps[-1]
+  _truncate(os.path.join(workdir, 'checkpoints', str(steps[-1])))
+  capsys.readouterr()
+  with train.Trainer(config, workdir) as trainer:  # the rerun: one warning line, then resume
+    trainer.train()
+  assert f'resuming from step {steps[-2]} (stage 1)' in capsys.readouterr().out
+  _truncate(os.path.join(workdir, 'best', str(best)))
+  with train.Trainer(config, workdir) as trainer:
+    assert trainer.evaluation_variables()[1] == f'the last checkpoint (step {steps[-1]})'
+  warnings = [r.getMessage() for r in caplog.records if r.levelname in ('WARNING', 'ERROR')
+              and 'custom data configuration' not in r.getMessage()]
+  assert warnings == [
+      f'checkpoint {workdir}/checkpoints/{steps[-1]} is unreadable (truncated or corrupt files): '
+      f'moved to {workdir}/checkpoints.unreadable/{steps[-1]}',
+      f'checkpoint {workdir}/best/{best} is unreadable (truncated or corrupt files): '
+      f'moved to {workdir}/best.unreadable/{best}']
+  assert os.listdir(os.path.join(workdir, 'checkpoints.unreadable')) == [str(steps[-1])]
+  for step in os.listdir(os.path.join(workdir, 'checkpoints')):
+    _truncate(os.path.join(workdir, 'checkpoints', step))
+  with pytest.raises(UserError, match='no readable checkpoint in .*train first'):
+    train.evaluate_workdir(config, workdir)
+
+
 _ONE_STEP = """
 import json, sys
 import jax, numpy as np
@@ -181,7 +221,7 @@ def test_eval_from_checkpoint_in_a_fresh_process_on_two_devices(tiny_dataset, tm
 def test_eval_without_checkpoint_or_with_another_model_is_one_clear_error(tiny_dataset,
                                                                           tmp_path):
   config = tiny_train_config(tiny_dataset[0])
-  with pytest.raises(UserError, match='no checkpoint in .*train first'):
+  with pytest.raises(UserError, match='no readable checkpoint in .*train first'):
     train.evaluate_workdir(config, str(tmp_path))
   config.train.stage1_epochs, config.train.stage2_epochs = 1, 0
   with train.Trainer(config, str(tmp_path)) as trainer:
