@@ -1,12 +1,17 @@
-"""Logs: scalars into metrics.jsonl and TensorBoard, the config as TensorBoard hyper-parameters."""
+"""Logs: scalars into metrics.jsonl and TensorBoard, the config as TensorBoard hyper-parameters;
+profiler traces."""
 import glob
 import json
 
+import jax
+import numpy as np
+import pytest
 import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from configs import synthetic
 from dssl_jax import reports
+from dssl_jax.errors import UserError
 
 
 def _events(folder):
@@ -42,3 +47,20 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
   log = reports.MetricLog(str(tmp_path), synthetic.get_config())
   log.write(1, {'loss': 1.0})
   assert list(tmp_path.iterdir()) == []
+
+
+def test_step_trace_covers_its_window_only(tmp_path, capsys):
+  """A trace starts before step `first` and stops after step `last`, with their device work."""
+  step_fn = jax.jit(lambda x: x @ x)
+  trace = reports.StepTrace((2, 3), str(tmp_path))
+  x, started = np.eye(64, dtype=np.float32), []
+  for step in range(5):
+    trace.before(step)
+    started.append(trace.active)
+    x = step_fn(x)
+    trace.after(step + 1, x)
+  assert started == [False, True, True, False, False]
+  assert len(list(tmp_path.glob('plugins/profile/*/*.xplane.pb'))) == 1
+  assert capsys.readouterr().out.startswith(f'profile of steps 2-3 written to {tmp_path}')
+  with pytest.raises(UserError, match=r'config.train.profile_steps \(3, 2\): want \(first, last\)'):
+    reports.StepTrace((3, 2), str(tmp_path))
