@@ -102,6 +102,20 @@ def similarity(gallery: dict, queries: dict, lambda1: float = 0.5, lambda2: floa
   return np.concatenate(rows)[:count]
 
 
+def _allgather_strings(strings: np.ndarray) -> np.ndarray:
+  """Every process's byte strings (paths, captions: for pictures), in process order: sent as
+  uint8 rows padded to the longest, which a collective can carry."""
+  if jax.process_count() == 1:
+    return strings
+  encoded = list(strings)
+  width = int(np.max(multihost_utils.process_allgather(np.int32(max(map(len, encoded), default=0)))))
+  padded = np.zeros((len(encoded), max(width, 1)), np.uint8)
+  for row, b in zip(padded, encoded):
+    row[:len(b)] = np.frombuffer(b, np.uint8)
+  gathered = np.asarray(multihost_utils.process_allgather(padded, tiled=True))
+  return np.array([row.tobytes().rstrip(b'\0') for row in gathered], object)
+
+
 class Encoder:
   """jit-compiled gallery and query encoding, batches sharded over the 'data' mesh axis."""
 
@@ -133,10 +147,8 @@ class Encoder:
       features = fn(variables, global_batch if len(inputs) > 1 else global_batch[inputs[0]])
       features = multihost_utils.process_allgather(features, tiled=True)
       valid = multihost_utils.process_allgather(batch['valid'], tiled=True)
-      extra = multihost_utils.process_allgather(
-          {k: batch[k] for k in keep if batch[k].dtype != object}, tiled=True)
-      if jax.process_count() == 1:  # strings (paths, texts) cannot cross hosts: pictures only
-        extra |= {k: batch[k] for k in keep if batch[k].dtype == object}
+      extra = {k: _allgather_strings(batch[k]) if batch[k].dtype == object else
+               multihost_utils.process_allgather(batch[k], tiled=True) for k in keep}
       out.append({k: np.asarray(v)[valid] for k, v in (features | extra).items()})
       progress.update(int(np.sum(valid)))
     progress.close()

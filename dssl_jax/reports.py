@@ -12,6 +12,12 @@ METRICS = ('R1', 'R5', 'R10', 'mAP', 'mINP')  # the columns of every results tab
 SEPARATION = 'separation/'  # feature statistics logged beside the loss terms, not loss terms
 
 
+def say(text: str):
+  """A progress or result line, from process 0 only: N hosts print it once, not N times."""
+  if jax.process_index() == 0:
+    print(text, flush=True)
+
+
 class MetricLog:
   """Scalars into WORKDIR/metrics.jsonl and TensorBoard (clu.metric_writers), process 0 only.
 
@@ -66,8 +72,8 @@ class StepTrace:
       jax.block_until_ready(outputs)  # the traced steps' device work, not only their dispatch
       jax.profiler.stop_trace()
       self.active = False
-      print(f'profile of steps {self.window[0]}-{self.window[1]} written to {self.folder} '
-            f'(tensorboard --logdir {self.folder}, Profile tab)', flush=True)
+      say(f'profile of steps {self.window[0]}-{self.window[1]} written to {self.folder} '
+          f'(tensorboard --logdir {self.folder}, Profile tab)')
 
 
 def _duration(seconds: float) -> str:

@@ -171,7 +171,7 @@ class Trainer:
                                               'batch_stats': variables['batch_stats']['backbone']})
       variables['params']['backbone'] = backbone['params']
       variables['batch_stats']['backbone'] = backbone['batch_stats']
-      print(f'backbone initialised from {path}', flush=True)
+      reports.say(f'backbone initialised from {path}')
     stage = stage_of(0, self.config)
     state = TrainState(jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
                        self._tx(stage).init(variables['params']), step_rng)
@@ -217,16 +217,17 @@ class Trainer:
 
   def train(self) -> TrainState:
     """Runs (or resumes) both stages; returns the final state."""
-    with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
-      f.write(self.config.to_json_best_effort(indent=2))
-    with open(os.path.join(self.workdir, META_FILE), 'w') as f:  # for inference without data
-      json.dump({'vocabulary': self.meta.vocabulary,
-                 'num_train_identities': self.meta.num_train_identities,
-                 'tagger': self.meta.tagger}, f)
+    if jax.process_index() == 0:
+      with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
+        f.write(self.config.to_json_best_effort(indent=2))
+      with open(os.path.join(self.workdir, META_FILE), 'w') as f:  # for inference without data
+        json.dump({'vocabulary': self.meta.vocabulary,
+                   'num_train_identities': self.meta.num_train_identities,
+                   'tagger': self.meta.tagger}, f)
     restored = self.restore()
     if restored:
       state, meta = restored
-      print(f'resuming from step {meta["step"]} (stage {meta["stage"]})', flush=True)
+      reports.say(f'resuming from step {meta["step"]} (stage {meta["stage"]})')
       stage = meta['stage']
     else:
       state, stage = self.initial_state(), stage_of(0, self.config)
@@ -252,7 +253,7 @@ class Trainer:
         stage = stage_of(epoch, self.config)
         state = state.replace(opt_state=jax.device_put(self._tx(stage).init(state.params),
                                                        self.replicated))
-        print(f'stage {stage} starts at epoch {epoch + 1}', flush=True)
+        reports.say(f'stage {stage} starts at epoch {epoch + 1}')
       step_fn = self.step_fn(stage)
       batches = self.input.epoch(epoch)
       for _ in range(step - epoch * spe):  # resume mid-epoch: same order, skip what was done
@@ -290,7 +291,7 @@ class Trainer:
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     values['lr'] = float(self._learning_rate(step, stage))
     self.log.write(step, values, prefix='train/')
-    print(timer.line(step, epoch, self.total_epochs, stage, values), flush=True)
+    reports.say(timer.line(step, epoch, self.total_epochs, stage, values))
 
   def _learning_rate(self, step, stage):
     if stage == 1:
@@ -306,7 +307,7 @@ class Trainer:
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     metrics = evaluate.evaluate(self.encoder, variables, self.config, self.meta, 'val')['metrics']
     self.log.write(int(state.step), metrics, prefix='val/')
-    print(f'  val after epoch {epoch + 1}: ' + reports.metrics_line(metrics), flush=True)
+    reports.say(f'  val after epoch {epoch + 1}: ' + reports.metrics_line(metrics))
     best = newest_readable(self.best, lambda step: self.best.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'], BEST_ITEMS)
     if metrics['R1'] > (best['R1'] if best else -1.0):
@@ -357,11 +358,11 @@ class Trainer:
       rows['image to text'] = metrics['image_to_text']
     seconds = time.time() - start
     unmatched = metrics['queries_without_match']
-    print(f'{split} split, {which}, {metrics["queries"]} queries, '
-          f'{len(result["gallery"]["person_id"])} images ({seconds:.1f}s)'
-          + (f'; {unmatched} queries whose person has no gallery image were left out' if unmatched
-             else '') + ':', flush=True)
-    print(reports.metrics_table(rows), flush=True)
+    reports.say(f'{split} split, {which}, {metrics["queries"]} queries, '
+                f'{len(result["gallery"]["person_id"])} images ({seconds:.1f}s)'
+                + (f'; {unmatched} queries whose person has no gallery image were left out'
+                   if unmatched else '') + ':')
+    reports.say(reports.metrics_table(rows))
     if jax.process_index() == 0:
       save_results(self.workdir, metrics, {'split': split, 'evaluated': which,
                                            'eval_seconds': round(seconds, 1)})
@@ -402,7 +403,7 @@ def newest_readable(manager: ocp.CheckpointManager, read, items=('state', 'meta'
       logging.warning('checkpoint %s is unreadable (truncated or corrupt files): moved to %s',
                       manager.directory / str(step), aside)
     if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f'moved aside {aside}')
+      multihost_utils.sync_global_devices(f'moved aside {manager.directory}/{step}')
     with _orbax_quiet():
       manager.reload()
   return None
@@ -461,6 +462,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str):
     jax.distributed.initialize()
   if mode != 'prepare' and not workdir:
     raise UserError(f'--mode={mode} needs --workdir')
+  for name, path in (('--workdir', workdir), ('config.data.data_dir', config.data.data_dir),
+                     ('config.data.manual_dir', config.data.manual_dir)):
+    if path and '://' in path:
+      raise UserError(f'{name} {path!r}: dssl_jax reads and writes through the local filesystem; '
+                      'mount the bucket (gcsfuse, s3fs) and pass the mounted path')
   if mode == 'train':
     weights.check_backbone_weights(config.model)
   if workdir:

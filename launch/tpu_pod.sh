@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Training on a Cloud TPU VM pod slice: the same command on every worker.
 #
-#   TPU_NAME=dssl-v4-32 ZONE=us-central2-b launch/tpu_pod.sh configs/cuhk.py gs://bucket/runs/cuhk \
-#       --config.data.manual_dir=/mnt/CUHK-PEDES --config.data.data_dir=gs://bucket/tfds
+#   TPU_NAME=dssl-v4-32 ZONE=us-central2-b launch/tpu_pod.sh configs/cuhk.py /mnt/bucket/runs/cuhk \
+#       --config.data.manual_dir=/mnt/bucket/CUHK-PEDES --config.data.data_dir=/mnt/bucket/tfds
 #
 # The repository (with its venv) must already be at REPO on every worker (default ~/dssl_jax).
 # jax.distributed.initialize() discovers the pod by itself; each host reads its shard of the data;
-# checkpoints and logs go to the shared WORKDIR (a gs:// path works with orbax and TFDS).
+# checkpoints and logs go to the shared WORKDIR. Paths are local ones: mount the bucket on every
+# worker first (gcsfuse --implicit-dirs BUCKET /mnt/bucket); a gs:// path is refused in one line.
 # DRY_RUN=1 prints the command instead of running it.
 set -euo pipefail
 if [ $# -lt 2 ] || [ -z "${TPU_NAME:-}" ] || [ -z "${ZONE:-}" ]; then

@@ -63,6 +63,13 @@ def test_a_real_data_run_without_backbone_weights_stops_before_any_work(tmp_path
       'error: config.model.backbone_weights is not set: get ImageNet weights with')
 
 
+def test_a_bucket_url_as_workdir_is_refused_in_one_line(tmp_path):
+  result = _main('--config=configs/synthetic.py', '--workdir=gs://bucket/run')
+  assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+      "error: --workdir 'gs://bucket/run': dssl_jax reads and writes through the local "
+      'filesystem; mount the bucket (gcsfuse, s3fs) and pass the mounted path')
+
+
 def test_a_typo_in_an_override_is_one_line_and_exit_1():
   result = _main('--config=configs/synthetic.py', '--config.model.sdm_zero_rate=0.25')
   assert result.returncode == 1 and 'Traceback' not in result.stderr

@@ -13,6 +13,7 @@ import pytest
 from configs import base
 from dssl_jax import train
 from dssl_jax.errors import UserError
+from tests import processes as processes_lib
 from tests.helpers import tiny_train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,40 +151,60 @@ def test_unreadable_checkpoints_are_moved_aside_and_the_newest_good_one_is_used(
     train.evaluate_workdir(config, workdir)
 
 
-_ONE_STEP = """
-import json, sys
+_STEPS = """
+import itertools, json, os, sys
 import jax, numpy as np
 sys.path.insert(0, {root!r})
-from configs import base
 from dssl_jax import train
+from dssl_jax.data import pipeline
 from tests.helpers import tiny_config, tiny_train_config
+if 'SLURM_JOB_ID' in os.environ:  # one of N processes (tests/processes.py)
+  jax.distributed.initialize()
 config = tiny_train_config(tiny_config({data_dir!r}))
 trainer = train.Trainer(config, {workdir!r})
 state = trainer.initial_state()
 state = state.replace(opt_state=trainer._tx(2).init(state.params))
-batch = next(trainer.input.epoch(0))
-state, metrics = trainer.step_fn(2)(state, trainer.global_batch(batch))
+rows = config.train.batch_size // jax.process_count()  # each process feeds its rows of ...
+mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+whole = pipeline.TrainInput(config, trainer.meta).epoch(0)  # ... the same global batches
+for batch in itertools.islice(whole, 3):
+  local = {{k: v[mine] for k, v in batch.items()}}
+  state, metrics = trainer.step_fn(2)(state, trainer.global_batch(local))
 trainer.close()
 leaves = jax.tree.leaves(jax.device_get(state.params))
-print(json.dumps({{'devices': jax.device_count(), 'loss': float(metrics['loss']),
-                  'params': [float(np.abs(x).sum()) for x in leaves[:40]]}}))
+if jax.process_index() == 0:
+  print(json.dumps({{'devices': jax.device_count(), 'processes': jax.process_count(),
+                    'loss': float(metrics['loss']),
+                    'params': [float(np.abs(x).sum()) for x in leaves]}}))
 """
 
 
-def test_one_step_is_the_same_on_one_and_two_devices(tiny_dataset, tmp_path):
-  config, _ = tiny_dataset
-  results = []
-  for devices in (1, 2):
-    script = _ONE_STEP.format(root=ROOT, data_dir=config.data.data_dir,
-                              workdir=str(tmp_path / str(devices)))
-    out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                         env=os.environ | {'JAX_NUM_CPU_DEVICES': str(devices)}, cwd=ROOT,
-                         timeout=600)
+def _steps(config, workdir, devices: int, processes: int) -> dict:
+  """_STEPS's result on `devices` devices spread over `processes` processes."""
+  script = _STEPS.format(root=ROOT, data_dir=config.data.data_dir, workdir=workdir)
+  outs = processes_lib.spawn([sys.executable, '-c', script], processes, cwd=ROOT,
+                             env={'JAX_NUM_CPU_DEVICES': str(devices // processes)})
+  for out in outs:
     assert out.returncode == 0, out.stderr[-3000:]
-    results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-  assert [r['devices'] for r in results] == [1, 2]
-  assert results[1]['loss'] == pytest.approx(results[0]['loss'], rel=1e-5)
-  np.testing.assert_allclose(results[1]['params'], results[0]['params'], rtol=1e-5)
+  result = json.loads(outs[0].stdout.strip().splitlines()[-1])
+  assert (result['devices'], result['processes']) == (devices, processes)
+  return result
+
+
+@pytest.fixture(scope='module')
+def one_device_steps(tiny_dataset, tmp_path_factory):
+  return _steps(tiny_dataset[0], str(tmp_path_factory.mktemp('1x1')), 1, 1)
+
+
+@pytest.mark.parametrize('devices,processes', [
+    (2, 1), pytest.param(2, 2, marks=pytest.mark.slow)], ids=['2 devices', '2 processes'])
+def test_three_steps_are_the_same_on_one_device_and_on_several(devices, processes, tiny_dataset,
+                                                               one_device_steps, tmp_path):
+  """Data parallel over 2 local devices, or over 2 processes (hosts) on gloo, as on 1 device:
+  same loss, same parameters, on the same global batches."""
+  result = _steps(tiny_dataset[0], str(tmp_path), devices, processes)
+  assert result['loss'] == pytest.approx(one_device_steps['loss'], rel=1e-5)
+  np.testing.assert_allclose(result['params'], one_device_steps['params'], rtol=1e-5)
 
 
 _EVAL = """

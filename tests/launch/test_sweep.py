@@ -138,7 +138,7 @@ def test_launch_scripts_build_their_commands():
   assert out.stdout.strip() == ('srun python -m dssl_jax.main --config=configs/cuhk.py '
                                 '--workdir=/shared/run --config.train.distributed=True '
                                 '--config.seed=3')
-  out = _script('tpu_pod.sh', 'configs/rstp.py', 'gs://b/run', TPU_NAME='pod', ZONE='z1')
+  out = _script('tpu_pod.sh', 'configs/rstp.py', '/mnt/b/run', TPU_NAME='pod', ZONE='z1')
   assert out.returncode == 0, out.stderr
   assert '--worker=all' in out.stdout and 'pod' in out.stdout and 'distributed=True' in out.stdout
   out = _script('slurm_sweep.sh', 'configs/cuhk.py', 'table1', '/shared/t1')
