@@ -458,8 +458,6 @@ def save_results(workdir: str, metrics: dict, extra: dict | None = None):
 def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str):
   """What `python -m dssl_jax.main --mode=prepare|train|eval` does (launch.sweep trains each row
   with it): process 0 prepares the dataset, the others wait for it on shared storage."""
-  if config.train.distributed:
-    jax.distributed.initialize()
   if mode != 'prepare' and not workdir:
     raise UserError(f'--mode={mode} needs --workdir')
   for name, path in (('--workdir', workdir), ('config.data.data_dir', config.data.data_dir),
@@ -469,6 +467,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str):
                       'mount the bucket (gcsfuse, s3fs) and pass the mounted path')
   if mode == 'train':
     weights.check_backbone_weights(config.model)
+  if config.train.distributed:
+    jax.distributed.initialize()
   if workdir:
     os.makedirs(workdir, exist_ok=True)
   if mode in ('prepare', 'train'):
