@@ -24,6 +24,7 @@ import zipfile
 from absl import app
 from absl import flags
 import flax
+import ml_dtypes
 import numpy as np
 
 from dssl_jax import cli
@@ -126,7 +127,7 @@ def load_backbone(path: str, expected: dict) -> dict:
 _STORAGE_DTYPES = {'FloatStorage': np.float32, 'DoubleStorage': np.float64,
                    'HalfStorage': np.float16, 'LongStorage': np.int64, 'IntStorage': np.int32,
                    'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
-                   'BoolStorage': np.bool_}
+                   'BoolStorage': np.bool_, 'BFloat16Storage': ml_dtypes.bfloat16}
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 
 

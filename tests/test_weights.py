@@ -9,6 +9,7 @@ import sys
 
 import flax
 import ml_collections
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -35,12 +36,15 @@ def test_state_dicts_read_as_torch_wrote_them(zip_format, tmp_path):
   state = collections.OrderedDict(
       view=torch.arange(12.).reshape(3, 4)[:, 1:].t(), long=torch.arange(5), scalar=torch.tensor(2.5),
       half=torch.randn(2, 3, 4, 5).half(), double=torch.randn(3).double(), flag=torch.tensor(True),
-      byte=torch.arange(7, dtype=torch.uint8))
+      byte=torch.arange(7, dtype=torch.uint8), bf16=torch.randn(4).bfloat16())
   path = tmp_path / 'state.pth'
   torch.save({'state_dict': state, 'epoch': 3}, path, _use_new_zipfile_serialization=zip_format)
   got = weights.read_torch_state_dict(str(path))
   assert list(got) == list(state)
   for name, tensor in state.items():
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: ml_dtypes' (as jax's)
+      assert got[name].dtype == ml_dtypes.bfloat16
+      got[name], tensor = got[name].astype(np.float32), tensor.float()
     assert got[name].dtype == tensor.numpy().dtype and np.array_equal(got[name], tensor.numpy()), name
 
 
