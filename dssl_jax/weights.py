@@ -86,11 +86,15 @@ def check_backbone_weights(model_config):
         f'dssl_jax.weights --url={url} resnet{model_config.depth}.npz" and pass '
         f'--config.model.backbone_weights=resnet{model_config.depth}.npz, or pass '
         f'--config.model.backbone_weights={SCRATCH} to train from a random backbone on purpose')
+  _refuse_torch_file(path)
+  if not os.path.isfile(path):
+    raise UserError(f'config.model.backbone_weights {path!r}: no such file')
+
+
+def _refuse_torch_file(path: str):
   if path.endswith(('.pth', '.pt')):
     raise UserError(f'config.model.backbone_weights {path!r} is a PyTorch file: convert it first '
                     f'with python -m dssl_jax.weights {path} OUT.npz')
-  if not os.path.isfile(path):
-    raise UserError(f'config.model.backbone_weights {path!r}: no such file')
 
 
 def save_npz(variables: dict, path: str):
@@ -101,9 +105,7 @@ def save_npz(variables: dict, path: str):
 
 def load_backbone(path: str, expected: dict) -> dict:
   """Reads a converted .npz and checks every name and shape against `expected` (our init)."""
-  if path.endswith(('.pth', '.pt')):
-    raise UserError(f'config.model.backbone_weights {path!r} is a PyTorch file: convert it first '
-                    f'with python -m dssl_jax.weights {path} OUT.npz')
+  _refuse_torch_file(path)
   try:
     with np.load(path) as npz:
       loaded = {k: npz[k] for k in npz.files}
