@@ -3,6 +3,7 @@ import jax
 import ml_collections
 
 from configs import synthetic as synthetic_config
+from configs import synthetic_tiny
 from dssl_jax.models import dssl
 
 
@@ -20,25 +21,26 @@ def tiny_config(data_dir: str, identities: int = 30):
 
 
 def tiny_model_config():
-  """The synthetic config with a model small enough for many quick forward passes."""
-  config = synthetic_config.get_config()
-  config.data.image_size = (64, 32)
-  config.data.max_words, config.data.max_phrases, config.data.max_phrase_words = 10, 4, 3
-  m = config.model
-  m.depth, m.width, m.embed_dim, m.word_dim, m.gn_groups, m.num_strips = 18, 8, 32, 16, 4, 2
+  """The synthetic config with configs/synthetic_tiny.py's input shapes and model: small enough
+  for many quick forward passes."""
+  config, tiny = synthetic_config.get_config(), synthetic_tiny.get_config()
+  for field in ('image_size', 'max_words', 'max_phrases', 'max_phrase_words'):
+    config.data[field] = tiny.data[field]
+  config.model = tiny.model
   return config
 
 
 def tiny_train_config(config):
-  """`config` (a tiny dataset's) with a small model and a schedule of a few dozen steps."""
-  small = tiny_model_config()
+  """`config` (a tiny dataset's) with configs/synthetic_tiny.py's model and schedule of a few
+  dozen steps."""
+  tiny = synthetic_tiny.get_config()
   config = config.copy_and_resolve_references()
-  config.data.image_size = small.data.image_size
-  config.data.max_words = small.data.max_words
-  config.model = small.model
-  t = config.train
-  t.stage1_epochs, t.stage2_epochs, t.lr_decay_epochs = 1, 2, 1
-  t.log_every_steps, t.checkpoint_every_steps = 5, 10
+  config.data.image_size = tiny.data.image_size
+  config.data.max_words = tiny.data.max_words
+  config.model = tiny.model
+  for field in ('stage1_epochs', 'stage2_epochs', 'lr_decay_epochs', 'log_every_steps',
+                'checkpoint_every_steps'):
+    config.train[field] = tiny.train[field]
   config.eval.image_to_text = True
   return config
 
