@@ -96,6 +96,17 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config, stage: int)
   return state, {'loss': total, **terms}
 
 
+def _checkpoint_manager(workdir: str, name: str, max_to_keep: int) -> ocp.CheckpointManager:
+  """WORKDIR/NAME. Each manager names its barriers after its folder: both save at a step where
+  validation improves, and with one name their background writes of that step meet at the same
+  barrier in another process, which fails the save ("Barrier ... is already ongoing")."""
+  return ocp.CheckpointManager(
+      os.path.join(workdir, name),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)))
+
+
 class Trainer:
   """Holds what one run needs: model, mesh, compiled steps, checkpoints, logs."""
 
@@ -112,13 +123,10 @@ class Trainer:
     self.data_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data'))
     self.total_epochs = config.train.stage1_epochs + config.train.stage2_epochs
     self.encoder = evaluate.Encoder(self.model, self.mesh)
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True)
     with _orbax_quiet():  # an unreadable checkpoint is reported once, when it is restored
-      self.checkpoints = ocp.CheckpointManager(os.path.join(self.workdir, 'checkpoints'),
-                                               options=options)
-      self.best = ocp.CheckpointManager(os.path.join(self.workdir, 'best'),
-                                        options=ocp.CheckpointManagerOptions(max_to_keep=1,
-                                                                             create=True))
+      self.checkpoints = _checkpoint_manager(self.workdir, 'checkpoints',
+                                             config.train.keep_checkpoints)
+      self.best = _checkpoint_manager(self.workdir, 'best', 1)
     self.log = reports.MetricLog(self.workdir, config)
     self._steps = {}
     self._stop = False

@@ -1,6 +1,7 @@
 """N processes of one command on localhost, wired as N hosts (what launch/local.sh does)."""
 import os
 import random
+import re
 import subprocess
 
 
@@ -25,3 +26,16 @@ def spawn(command: list, n: int, cwd: str, env: dict | None = None, timeout: flo
       raise
     done.append(subprocess.CompletedProcess(command, child.returncode, out, err))
   return done
+
+
+def why_it_failed(stderr: str, chars: int = 4000) -> str:
+  """What a failed child said: its first error (a traceback, or an absl E/F line: with several
+  processes the first is usually the cause) and its last lines, without what buries them (the list
+  of extension modules Python prints when a process aborts, progress bars)."""
+  text = '\n'.join(line for line in stderr.splitlines()
+                   if not line.startswith('Extension modules:') and '\x1b[A' not in line
+                   and ' examples/s]' not in line)
+  first = re.search(r'^(Traceback|[EF]\d{4} )', text, re.MULTILINE)
+  if len(text) <= chars or not first:
+    return text[-chars:]
+  return f'{text[first.start():][:chars // 2]}\n[...]\n{text[-chars // 2:]}'

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tests.processes import why_it_failed
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -14,7 +16,7 @@ def test_two_processes_train_once_and_one_process_resumes(tmp_path):
   workdir, data_dir = tmp_path / 'run', f'--config.data.data_dir={tmp_path / "tfds"}'
   two = subprocess.run(['launch/local.sh', '2', 'configs/synthetic_tiny.py', str(workdir), data_dir],
                        cwd=ROOT, capture_output=True, text=True, timeout=1200)
-  assert two.returncode == 0, two.stderr[-3000:]
+  assert two.returncode == 0, why_it_failed(two.stderr)
   # Only process 0 speaks: each line once, though two processes ran them.
   assert two.stdout.count('val after epoch 3:') == 1 and two.stdout.count('| DSSL |') == 1
   assert two.stdout.count('dataset built:') == 1
@@ -24,7 +26,7 @@ def test_two_processes_train_once_and_one_process_resumes(tmp_path):
   one = subprocess.run([sys.executable, '-m', 'dssl_jax.main', '--config=configs/synthetic_tiny.py',
                         f'--workdir={workdir}', data_dir, '--config.train.stage2_epochs=3'],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
-  assert one.returncode == 0, one.stderr[-3000:]
+  assert one.returncode == 0, why_it_failed(one.stderr)
   assert 'resuming from step 33 (stage 2)' in one.stdout
   assert 'stage 2 epoch 4/4 step 44/44' in one.stdout
 
