@@ -18,8 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.min_word_count = 2  # vocabulary: train words seen at least twice
   data.strict = False  # stop at the first bad entry instead of skipping it
   data.image_size = (384, 128)  # height, width
-  data.max_words = 64  # sentence length after truncation
-  data.max_phrase_words = 8  # phrase length after truncation
+  data.max_words = 64  # sentence length after truncation (CLIP: BPE tokens, start/end included)
+  data.max_phrase_words = 8  # phrase length after truncation (CLIP separate: BPE tokens, as above)
   data.flip = True  # random horizontal flip for training
   data.shuffle_buffer = 4096
   data.cache_decoded = False  # keep decoded, resized uint8 images in memory (small datasets)
@@ -28,9 +28,12 @@ def get_config() -> ml_collections.ConfigDict:
        'image_size': (288, 96)})  # of the generated files (height, width)
 
   config.model = model = ml_collections.ConfigDict()
+  # resnet: ImageNet ResNet + bi-GRU (the paper) | clip: CLIP's ViT + text Transformer (model.clip)
+  model.backbone = 'resnet'
   model.depth = 50  # ResNet depth: 18 | 34 | 50
   model.width = 64  # ResNet base width (64 = torchvision's)
-  # ImageNet ResNet as .npz (python -m dssl_jax.weights); 'scratch' = random on purpose; '' refuses
+  # .npz of the ImageNet ResNet (python -m dssl_jax.weights) or of CLIP (python -m
+  # dssl_jax.clip_weights); 'scratch' = random on purpose; '' refuses to train
   model.backbone_weights = ''
   model.embed_dim = 1024  # p
   model.num_strips = 6  # k
@@ -44,6 +47,13 @@ def get_config() -> ml_collections.ConfigDict:
   model.sdm_hidden = 0  # width of SDM's code (not given by the paper; 0 = p / 2)
   model.sdm_zeroing = 'loss'  # eq. 1's zeroing reaches: loss (eq. 2 only) | features (all uses)
   model.spfm_fusion = 'add'  # Table 3: add | concat
+  model.clip = ml_collections.ConfigDict({  # model.backbone = 'clip'; defaults: OpenAI ViT-B/16
+      'bpe_path': '',  # bpe_simple_vocab_16e6.txt.gz, the tokenizer's merges (open_clip ships it)
+      'patch': 16, 'image_width': 768, 'image_layers': 12, 'image_heads': 12,
+      'text_width': 512, 'text_layers': 12, 'text_heads': 8, 'context': 77, 'vocab_size': 49408,
+      'embed_dim': 512, 'activation': 'quick_gelu',  # quick_gelu: OpenAI's weights | gelu
+      # M_T: span (each phrase's tokens pooled from the sentence's pass) | separate (one pass each)
+      'phrases': 'span'})
   model.dtype = 'float32'  # bfloat16: mixed precision (backbone + GRU; GPU/TPU, slow on CPU)
 
   config.loss = loss = ml_collections.ConfigDict()
@@ -68,6 +78,12 @@ def get_config() -> ml_collections.ConfigDict:
   train.stage2_lr = 2e-4
   train.lr_decay_epochs = 10  # stage-2 lr divided by 10 every 10 epochs
   train.lr_decay_factor = 0.1
+  train.stage2_schedule = 'step'  # step: the decays above (the paper) | cosine: warm-up, cosine
+  train.warmup_epochs = 0  # cosine: linear warm-up from warmup_factor * stage2_lr
+  train.warmup_factor = 0.1
+  train.encoder_lr_factor = 1.0  # stage 2: the encoders' lr as a fraction of the heads' stage2_lr
+  train.bias_lr_factor = 1.0  # stage 2: biases' lr multiplier
+  train.weight_decay = 0.0  # stage 2: L2 added to the gradient (torch Adam's), not on biases
   train.log_every_steps = 50
   train.checkpoint_every_steps = 1000  # and at the end of each stage
   train.keep_checkpoints = 3

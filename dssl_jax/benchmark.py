@@ -1,11 +1,14 @@
 """Benchmarks that print figures (JSON lines): train steps, evaluation, input pipeline, search.
 
   python -m dssl_jax.benchmark --config configs/cuhk.py --what train,reference [--batch 32]
+  python -m dssl_jax.benchmark --config configs/cuhk_clip.py --what train,clip_reference
 
 train: stage-1 and stage-2 step time on random data of the config's shapes (no dataset needed),
 compile time, FLOPs per step from XLA's cost analysis and the FLOP/s achieved. reference: the same
 plain model (ResNet + bi-GRU + ID and ranking losses, Adam) timed in JAX and in PyTorch
-(dssl_jax/torch_reference.py, a child process), per branch and whole, with the ratio. eval: gallery
+(dssl_jax/torch_reference.py, a child process), per branch and whole, with the ratio.
+clip_reference: the same for the CLIP encoders of config.model.clip (ID and contrastive losses,
+Adam) against open_clip's, at the config's image size and max_words tokens. eval: gallery
 and query encoding rates, and Sim_TI on random features of CUHK-PEDES test size. ranking: metrics,
 the texts' nearest neighbours (a [Q, Q] matmul), re-ranking + its metrics and image-to-text metrics
 of a random similarity matrix (--gallery x --queries): time, and peak memory beyond the matrix.
@@ -37,12 +40,14 @@ import optax
 from dssl_jax import cli, evaluate, index as index_lib, losses, rerank, train
 from dssl_jax.data import pipeline
 from dssl_jax.errors import UserError
+from dssl_jax.models import clip
 from dssl_jax.models import dssl
 from dssl_jax.models.resnet import ResNet
 from dssl_jax.models.text import TextEncoder
 from dssl_jax.timing import median_seconds, peak_megabytes
 
-WHAT = ('train', 'reference', 'eval', 'ranking', 'input', 'search', 'prepare', 'test_eval')
+WHAT = ('train', 'reference', 'clip_reference', 'eval', 'ranking', 'input', 'search', 'prepare',
+        'test_eval')
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cuhk.py; override '
                                 'fields with --config.a.b=value.', lock_config=True)
 flags.DEFINE_list('what', ['train'], f'What to time, one or several of {",".join(WHAT)}.')
@@ -79,8 +84,7 @@ def bench_train(config, batch_size: int, reps: int):
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   d = config.data
-  variables = dssl.init_variables(model, jax.random.PRNGKey(0), d.image_size, d.max_words,
-                                  d.max_phrases, d.max_phrase_words)
+  variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
   batch = jax.device_put(pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size),
                          sharded)
   params = sum(x.size for x in jax.tree.leaves(variables['params']))
@@ -98,11 +102,18 @@ def bench_train(config, batch_size: int, reps: int):
     flops = (compiled.cost_analysis() or {}).get('flops', float('nan')) * jax.device_count()
     seconds = median_seconds(lambda: jax.block_until_ready(compiled(state, batch)), reps)
     _emit({'what': f'train_stage{stage}', 'batch': batch_size, 'image_size': list(d.image_size),
-           'depth': config.model.depth, 'embed_dim': config.model.embed_dim, 'params': params,
+           'backbone': _backbone_name(config.model), 'embed_dim': config.model.embed_dim,
+           'params': params,
            'compile_s': round(compile_s, 1), 'step_s': round(seconds, 3),
            'images_per_s': round(batch_size / seconds, 2),
            'gflop_per_step': float(f'{flops / 1e9:.4g}'),
            'achieved_gflops': float(f'{flops / 1e9 / seconds:.4g}')})
+
+
+def _backbone_name(model) -> str:
+  if model.backbone == 'clip':
+    return f'clip_vit_w{model.clip.image_width}_l{model.clip.image_layers}_p{model.clip.patch}'
+  return f'resnet{model.depth}'
 
 
 class ReferenceModel(nn.Module):
@@ -132,35 +143,78 @@ class ReferenceModel(nn.Module):
     return loss
 
 
-def bench_reference(config, batch_size: int, reps: int):
-  """The same model and step in JAX and PyTorch, per branch and whole: where the time goes."""
-  c, d = config.model, config.data
-  if c.width != 64:
-    raise UserError(f'--what=reference compares with torchvision, whose ResNets have width 64: '
-                    f'set --config.model.width=64 (config has {c.width})')
-  parts = ('image', 'text', 'both')
-  command = [sys.executable, '-m', 'dssl_jax.torch_reference', f'--parts={",".join(parts)}',
-             f'--batch={batch_size}', f'--height={d.image_size[0]}', f'--width={d.image_size[1]}',
-             f'--depth={c.depth}', f'--embed_dim={c.embed_dim}', f'--word_dim={c.word_dim}',
-             f'--vocab={FLAGS.vocab}', f'--classes={FLAGS.classes}', f'--max_words={d.max_words}',
-             f'--max_phrases={d.max_phrases}', f'--max_phrase_words={d.max_phrase_words}',
-             f'--reps={reps}']
+class ClipReferenceModel(nn.Module):
+  """dssl_jax.torch_reference's `clip` step in Flax: our CLIP encoders, an ID classifier on the
+  image and sentence features and CLIP's contrastive loss."""
+  config: ml_collections.FrozenConfigDict  # config.model
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, batch: dict, part: str):
+    del part  # one step only
+    k = self.config.clip
+    v, _ = clip.VisionTransformer(k.patch, k.image_width, k.image_layers, k.image_heads,
+                                  k.embed_dim, name='image')(batch['image'])
+    t, _ = clip.TextTransformer(k.vocab_size, batch['tokens'].shape[1], k.text_width,
+                                k.text_layers, k.text_heads, k.embed_dim, name='text')(
+                                    batch['tokens'])
+    classifier = nn.Dense(self.num_classes, use_bias=False, name='classifier')
+    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    logits = unit(v) @ unit(t).T / 0.02
+    pairs = jnp.arange(len(v))
+    contrastive = (optax.softmax_cross_entropy_with_integer_labels(logits, pairs).mean()
+                   + optax.softmax_cross_entropy_with_integer_labels(logits.T, pairs).mean()) / 2
+    return (losses.id_loss(classifier(v), batch['label'])
+            + losses.id_loss(classifier(t), batch['label']) + contrastive)
+
+
+def _torch_records(arguments: list[str]) -> dict:
+  """dssl_jax.torch_reference's records, by name, run in a child process."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=root)
+  result = subprocess.run([sys.executable, '-m', 'dssl_jax.torch_reference', *arguments],
+                          capture_output=True, text=True, check=False, cwd=root)
   if result.returncode:
     raise UserError(f'the PyTorch reference failed (pip install -r requirements-dev.txt?): '
                     f'{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""}')
-  torch_records = {r['what']: r for r in map(json.loads, result.stdout.splitlines())}
+  return {r['what']: r for r in map(json.loads, result.stdout.splitlines())}
 
-  model = ReferenceModel(ml_collections.FrozenConfigDict(c), FLAGS.vocab, FLAGS.classes)
-  batch = jax.device_put(pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size))
+
+def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'):
+  """The same model and step in JAX and PyTorch, per branch and whole: where the time goes.
+  backbone 'clip': the CLIP encoders' step against open_clip's (--what=clip_reference)."""
+  c, d = config.model, config.data
+  common = [f'--batch={batch_size}', f'--height={d.image_size[0]}', f'--width={d.image_size[1]}',
+            f'--classes={FLAGS.classes}', f'--max_words={d.max_words}', f'--reps={reps}']
+  if backbone == 'clip':
+    k, parts = c.clip, ('clip',)
+    torch_records = _torch_records(
+        ['--parts=clip', *common, f'--clip_patch={k.patch}', f'--clip_image_width={k.image_width}',
+         f'--clip_image_layers={k.image_layers}', f'--clip_image_heads={k.image_heads}',
+         f'--clip_text_width={k.text_width}', f'--clip_text_layers={k.text_layers}',
+         f'--clip_text_heads={k.text_heads}', f'--clip_embed={k.embed_dim}'])
+    model = ClipReferenceModel(ml_collections.FrozenConfigDict(c), FLAGS.classes)
+    batch = pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
+    batch['tokens'] = np.where(batch['token_mask'], batch['tokens'], 0)
+    batch['tokens'][:, -1] = 49407
+  else:
+    if c.width != 64:
+      raise UserError(f'--what=reference compares with torchvision, whose ResNets have width 64: '
+                      f'set --config.model.width=64 (config has {c.width})')
+    parts = ('image', 'text', 'both')
+    torch_records = _torch_records(
+        [f'--parts={",".join(parts)}', *common, f'--depth={c.depth}', f'--embed_dim={c.embed_dim}',
+         f'--word_dim={c.word_dim}', f'--vocab={FLAGS.vocab}', f'--max_phrases={d.max_phrases}',
+         f'--max_phrase_words={d.max_phrase_words}'])
+    model = ReferenceModel(ml_collections.FrozenConfigDict(c), FLAGS.vocab, FLAGS.classes)
+    batch = pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
+  batch = jax.device_put(batch)
   tx = optax.adam(2e-4)
 
   def step(params, batch_stats, opt_state, *, part):
     def loss_fn(params):
       loss, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch, part,
                                   mutable=['batch_stats'])
-      return loss, updates['batch_stats']
+      return loss, updates.get('batch_stats', {})
     (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), batch_stats, opt_state
@@ -172,7 +226,8 @@ def bench_reference(config, batch_size: int, reps: int):
     seconds = median_seconds(lambda: jax.block_until_ready(compiled(*state)), reps)
     reference = torch_records[f'reference_{part}']
     _emit({'what': f'reference_{part}', 'framework': f'jax {jax.__version__}',
-           'batch': batch_size, 'step_s': float(f'{seconds:.4g}'),
+           'batch': batch_size, 'params': sum(x.size for x in jax.tree.leaves(state[0])),
+           'step_s': float(f'{seconds:.4g}'),
            'images_per_s': float(f'{batch_size / seconds:.4g}')})
     print(json.dumps(reference | {'jax_speed_vs_torch': round(reference['step_s'] / seconds, 2)}),
           flush=True)
@@ -181,8 +236,7 @@ def bench_reference(config, batch_size: int, reps: int):
 def bench_eval(config, batch_size: int, reps: int):
   model, mesh = _model(config), train.make_mesh()
   d = config.data
-  variables = dssl.init_variables(model, jax.random.PRNGKey(0), d.image_size, d.max_words,
-                                  d.max_phrases, d.max_phrase_words)
+  variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
   encoder = evaluate.Encoder(model, mesh)
   batch = pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size) | {
       'valid': np.ones(batch_size, bool), 'person_id': np.arange(batch_size),
@@ -271,9 +325,8 @@ def bench_test_eval(config):
   meta = pipeline.dataset_meta(config.data)
   model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), meta.vocab_size,
                     meta.num_train_identities)
-  d, split = config.data, config.eval.split
-  variables = dssl.init_variables(model, jax.random.PRNGKey(0), d.image_size, d.max_words,
-                                  d.max_phrases, d.max_phrase_words)
+  split = config.eval.split
+  variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
   encoder = evaluate.Encoder(model, train.make_mesh())
   result = evaluate.evaluate(encoder, variables, config, meta, split)
   seconds = result['seconds']
@@ -341,6 +394,8 @@ def main(argv):
         bench_train(config, batch, FLAGS.reps)
       elif what == 'reference':
         bench_reference(config, batch, FLAGS.reps)
+      elif what == 'clip_reference':
+        bench_reference(config, batch, FLAGS.reps, backbone='clip')
       elif what == 'eval':
         bench_eval(config, FLAGS.batch or config.eval.batch_size, FLAGS.reps)
       elif what == 'ranking':

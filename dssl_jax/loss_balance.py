@@ -79,10 +79,8 @@ def main(argv):
     batch_size = FLAGS.batch or config.train.batch_size
     classes = FLAGS.classes or (11003 if tuple(config.data.image_size) == (384, 128) else 350)
     model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), FLAGS.vocab, classes)
-    d = config.data
     params_rng, sdm_rng = jax.random.split(jax.random.PRNGKey(FLAGS.seed))
-    variables = dssl.init_variables(model, params_rng, d.image_size, d.max_words, d.max_phrases,
-                                    d.max_phrase_words)
+    variables = dssl.init_variables(model, params_rng, config)
     batch = pipeline.random_batch(config, FLAGS.vocab, classes, batch_size, FLAGS.seed)
     table = term_gradients(config, variables, batch, sdm_rng, model)
   except UserError as e:

@@ -76,34 +76,50 @@ class Retriever:
         captions.make_tagger(self.meta.tagger or self.config.data.tagger),
         self.config.data.max_phrases)
 
+  @functools.cached_property
+  def _clip_text(self) -> pipeline.ClipTextEncoder:
+    return pipeline.ClipTextEncoder(self.config)
+
   def unknown_words(self, text: str) -> list[str]:
-    """The words of `text` outside the training vocabulary (encoded as unknown)."""
+    """The words of `text` outside the training vocabulary (encoded as unknown); CLIP's
+    byte-level tokenizer has none."""
+    if self.config.model.backbone == 'clip':
+      return []
     return sorted({w for w in captions.tokenize(text) if w not in self.word_ids})
 
   def encode_texts(self, texts: list[str]) -> dict:
     """{'T_P', 'T_L', 'phrase_valid'} of each sentence and its noun phrases."""
-    d = self.config.data
     if isinstance(texts, str) or not len(texts):
       raise UserError('encode_texts needs a list of at least one sentence')
+    for i, text in enumerate(texts):
+      if not captions.tokenize(text):
+        raise UserError(f'query {i + 1} {text!r} is empty: it has no word')
+    if self.config.model.backbone == 'clip':
+      rows = [self._clip_text.encode(text, [' '.join(p) for p in self._phrases(text)])
+              for text in texts]
+      batch = {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+    else:
+      batch = self._vocabulary_ids(texts)
+    batch |= {'person_id': np.zeros(len(texts), np.int32), 'text': np.array(texts, object)}
+    features = self.encoder.queries(self.variables, pipeline.padded_batches_of(
+        batch, self.config.eval.batch_size))
+    return {k: features[k] for k in evaluate.QUERY_FEATURES}
+
+  def _vocabulary_ids(self, texts: list[str]) -> dict:
+    """Sentence and phrase ids with the training vocabulary (ResNet + bi-GRU models)."""
+    d = self.config.data
     tokens = np.zeros((len(texts), d.max_words), np.int32)
     phrases = np.zeros((len(texts), d.max_phrases, d.max_phrase_words), np.int32)
     for i, text in enumerate(texts):
-      words = captions.tokenize(text)
-      if not words:
-        raise UserError(f'query {i + 1} {text!r} is empty: it has no word')
-      ids = [self.word_ids.get(w, 1) for w in words]
+      ids = [self.word_ids.get(w, 1) for w in captions.tokenize(text)]
       if all(j == 1 for j in ids):
         raise UserError(f'query {i + 1} {text!r} has no word of the training vocabulary')
       tokens[i, :min(len(ids), d.max_words)] = ids[:d.max_words]
       for k, phrase in enumerate(self._phrases(text)):
         phrase_ids = [self.word_ids.get(w, 1) for w in phrase][:d.max_phrase_words]
         phrases[i, k, :len(phrase_ids)] = phrase_ids
-    batch = {'tokens': tokens, 'token_mask': tokens != 0, 'phrases': phrases,
-             'phrase_mask': phrases != 0, 'person_id': np.zeros(len(texts), np.int32),
-             'text': np.array(texts, object)}
-    features = self.encoder.queries(self.variables, pipeline.padded_batches_of(
-        batch, self.config.eval.batch_size))
-    return {k: features[k] for k in evaluate.QUERY_FEATURES}
+    return {'tokens': tokens, 'token_mask': tokens != 0, 'phrases': phrases,
+            'phrase_mask': phrases != 0}
 
   # ------------------------------------------------------------------ ranking
 

@@ -1,8 +1,9 @@
 """Two-stage training (paper 3.3 and 4.1.2), data parallel, resumable.
 
-Stage 1: ID loss on V_G and T_G; the backbone is frozen (an optax partition with set_to_zero, BN
-statistics kept, no gradient: XLA computes no backward pass for it). Stage 2: the full loss,
-everything trained, a fresh Adam whose rate is divided by 10 every 10 epochs.
+Stage 1: ID loss on V_G and T_G; the pre-trained encoders are frozen (an optax partition with
+set_to_zero, BN statistics kept, no gradient: XLA computes no backward pass for them). Stage 2:
+the full loss, everything trained, a fresh Adam whose rate is divided by 10 every 10 epochs (or
+IRRA's warm-up and cosine, the encoders at a lower rate, for CLIP).
 
 One jit-compiled step over a ("data",) mesh of every device: parameters replicated, the batch
 sharded (BN statistics are then global-batch). Orbax checkpoints every N steps and at the end of
@@ -53,25 +54,59 @@ def stage_of(epoch: int, config) -> int:
   return 1 if epoch < config.train.stage1_epochs else 2
 
 
-def backbone_labels(params) -> Any:
-  """'frozen' for the backbone, 'trainable' elsewhere: the partition of stage 1."""
-  return {k: jax.tree.map(lambda _, k=k: 'frozen' if k == 'backbone' else 'trainable', v)
-          for k, v in params.items()}
+def encoder_names(config) -> tuple[str, ...]:
+  """The top-level modules that are pre-trained encoders: stage 1 freezes them; stage 2 may give
+  them their own learning rate. The bi-GRU is trained from scratch, so it is not one."""
+  return ('backbone', 'text') if config.model.backbone == 'clip' else ('backbone',)
 
 
 def stage2_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-  """lr 2e-4, divided by 10 every 10 epochs (config.train), counted from stage 2's first step."""
+  """Counted from stage 2's first step. 'step' (the paper): stage2_lr, divided by
+  lr_decay_factor every lr_decay_epochs. 'cosine' (IRRA): a linear warm-up from warmup_factor *
+  stage2_lr over warmup_epochs, then a cosine to 0 at the end of stage 2."""
   t = config.train
+  if t.stage2_schedule == 'cosine':
+    warmup = t.warmup_epochs * steps_per_epoch
+    return optax.join_schedules([
+        optax.linear_schedule(t.warmup_factor * t.stage2_lr, t.stage2_lr, warmup),
+        optax.cosine_decay_schedule(t.stage2_lr, t.stage2_epochs * steps_per_epoch - warmup)],
+        [warmup])
+  if t.stage2_schedule != 'step':
+    raise UserError(f"config.train.stage2_schedule must be 'step' or 'cosine', got "
+                    f"{t.stage2_schedule!r}")
   decays = range(1, -(-t.stage2_epochs // t.lr_decay_epochs))  # boundaries inside stage 2
   return optax.piecewise_constant_schedule(
       t.stage2_lr, {k * t.lr_decay_epochs * steps_per_epoch: t.lr_decay_factor for k in decays})
 
 
 def make_optimizer(config, stage: int, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Stage 1: Adam on the heads, the encoders frozen. Stage 2: Adam on everything; with
+  encoder_lr_factor, bias_lr_factor or weight_decay set (IRRA's recipe for CLIP), one Adam per
+  (encoder or head, bias or weight) group, each at its rate, L2 on weights only."""
+  encoders = encoder_names(config)
+
+  def labels(params, label):
+    flat = flax.traverse_util.flatten_dict(params)
+    return flax.traverse_util.unflatten_dict({path: label(path) for path in flat})
+
   if stage == 1:
-    return optax.partition({'trainable': optax.adam(config.train.stage1_lr),
-                            'frozen': optax.set_to_zero()}, backbone_labels)
-  return optax.adam(stage2_schedule(config, steps_per_epoch))
+    return optax.partition(
+        {'trainable': optax.adam(config.train.stage1_lr), 'frozen': optax.set_to_zero()},
+        lambda params: labels(params, lambda path: 'frozen' if path[0] in encoders else 'trainable'))
+  t = config.train
+  schedule = stage2_schedule(config, steps_per_epoch)
+  if (t.encoder_lr_factor, t.bias_lr_factor, t.weight_decay) == (1.0, 1.0, 0.0):
+    return optax.adam(schedule)
+
+  def group(encoder: bool, bias: bool):
+    factor = (t.encoder_lr_factor if encoder else 1.0) * (t.bias_lr_factor if bias else 1.0)
+    adam = optax.adam(lambda step: factor * schedule(step))
+    return adam if bias or not t.weight_decay else optax.chain(
+        optax.add_decayed_weights(t.weight_decay), adam)
+
+  return optax.partition(
+      {f'{e}/{b}': group(e, b) for e in (True, False) for b in (True, False)},
+      lambda params: labels(params, lambda path: f'{path[0] in encoders}/{path[-1] == "bias"}'))
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, config, stage: int):
@@ -87,7 +122,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config, stage: int)
     else:
       total, terms = losses.stage2_loss(features, batch, config)
       terms |= {reports.SEPARATION + k: v for k, v in losses.separation_stats(features).items()}
-    return total, (terms, updates['batch_stats'])
+    return total, (terms, updates.get('batch_stats', {}))
 
   (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -156,9 +191,7 @@ class Trainer:
     return make_optimizer(self.config, stage, self.steps_per_epoch)
 
   def _initial_variables(self, rng):
-    d = self.config.data
-    return dssl.init_variables(self.model, rng, d.image_size, d.max_words, d.max_phrases,
-                               d.max_phrase_words)
+    return dssl.init_variables(self.model, rng, self.config)
 
   def _abstract_state(self, stage: int) -> TrainState:
     tx = make_optimizer(self.config, stage, steps_per_epoch=1)  # the state's structure only
@@ -174,10 +207,16 @@ class Trainer:
     variables = flax.core.unfreeze(self._initial_variables(params_rng))
     weights.check_backbone_weights(self.config.model)
     path = self.config.model.backbone_weights
-    if path != weights.SCRATCH:
-      backbone = weights.load_backbone(path, {'params': variables['params']['backbone'],
+    params = variables['params']
+    if path != weights.SCRATCH and self.config.model.backbone == 'clip':
+      loaded = weights.load_backbone(path, {'image': params['backbone'], 'text': params['text']},
+                                     'config.model.clip and data.image_size')
+      params['backbone'], params['text'] = loaded['image'], loaded['text']
+      reports.say(f'CLIP encoders initialised from {path}')
+    elif path != weights.SCRATCH:
+      backbone = weights.load_backbone(path, {'params': params['backbone'],
                                               'batch_stats': variables['batch_stats']['backbone']})
-      variables['params']['backbone'] = backbone['params']
+      params['backbone'] = backbone['params']
       variables['batch_stats']['backbone'] = backbone['batch_stats']
       reports.say(f'backbone initialised from {path}')
     stage = stage_of(0, self.config)

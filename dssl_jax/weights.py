@@ -79,6 +79,12 @@ def check_backbone_weights(model_config):
   path = model_config.backbone_weights
   if path == SCRATCH:
     return
+  if not path and model_config.backbone == 'clip':
+    raise UserError(
+        'config.model.backbone_weights is not set: convert open_clip\'s ViT-B-16 (OpenAI) weights '
+        'with "python -m dssl_jax.clip_weights open_clip_model.safetensors clip_vit_b16.npz" and '
+        'pass --config.model.backbone_weights=clip_vit_b16.npz, or pass '
+        f'--config.model.backbone_weights={SCRATCH} to train from random encoders on purpose')
   if not path:
     url = TORCHVISION_URLS.get(model_config.depth, TORCHVISION_URLS[50])
     raise UserError(
@@ -92,9 +98,10 @@ def check_backbone_weights(model_config):
 
 
 def _refuse_torch_file(path: str):
-  if path.endswith(('.pth', '.pt')):
+  if path.endswith(('.pth', '.pt', '.bin', '.safetensors')):
     raise UserError(f'config.model.backbone_weights {path!r} is a PyTorch file: convert it first '
-                    f'with python -m dssl_jax.weights {path} OUT.npz')
+                    f'with python -m dssl_jax.weights {path} OUT.npz (ResNet) or python -m '
+                    f'dssl_jax.clip_weights {path} OUT.npz (CLIP)')
 
 
 def save_npz(variables: dict, path: str):
@@ -103,8 +110,9 @@ def save_npz(variables: dict, path: str):
     np.savez(f, **flat)
 
 
-def load_backbone(path: str, expected: dict) -> dict:
-  """Reads a converted .npz and checks every name and shape against `expected` (our init)."""
+def load_backbone(path: str, expected: dict, fields: str = 'config.model.depth and width') -> dict:
+  """Reads a converted .npz and checks every name and shape against `expected` (our init);
+  `fields` are the config fields that set them."""
   _refuse_torch_file(path)
   try:
     with np.load(path) as npz:
@@ -117,12 +125,11 @@ def load_backbone(path: str, expected: dict) -> dict:
   if missing or extra:
     raise UserError(f'{path}: parameter names do not match the configured backbone '
                     f'(missing {missing[:3]}{"..." if len(missing) > 3 else ""}, unexpected '
-                    f'{extra[:3]}{"..." if len(extra) > 3 else ""}): check config.model.depth '
-                    'and width')
+                    f'{extra[:3]}{"..." if len(extra) > 3 else ""}): check {fields}')
   for key, value in wanted.items():
     if loaded[key].shape != value.shape:
       raise UserError(f'{path}: {key} has shape {loaded[key].shape}, the configured backbone '
-                      f'needs {value.shape}')
+                      f'needs {value.shape} (check {fields})')
   return flax.traverse_util.unflatten_dict({k: loaded[k] for k in wanted}, sep='/')
 
 

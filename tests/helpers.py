@@ -48,9 +48,7 @@ def tiny_train_config(config):
 def init_model(config, vocab_size: int = 50, num_classes: int = 7, seed: int = 0):
   """(model, variables) of config.model for the config's input shapes."""
   model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), vocab_size, num_classes)
-  d = config.data
-  return model, dssl.init_variables(model, jax.random.key(seed), d.image_size, d.max_words,
-                                    d.max_phrases, d.max_phrase_words)
+  return model, dssl.init_variables(model, jax.random.key(seed), config)
 
 
 def reference_metrics(similarity, query_ids, gallery_ids):

@@ -12,14 +12,13 @@ TINY = ['--config.data.image_size=(64,32)', '--config.model.depth=18', '--config
         '--config.data.max_words=10', '--config.data.max_phrases=4', '--vocab=50', '--classes=7']
 
 
-def _run(*args):
-  return subprocess.run([sys.executable, '-m', 'dssl_jax.benchmark',
-                         '--config=configs/synthetic.py', *TINY, *args], capture_output=True,
-                        text=True, cwd=ROOT, timeout=600)
+def _run(*args, config=('--config=configs/synthetic.py', *TINY)):
+  return subprocess.run([sys.executable, '-m', 'dssl_jax.benchmark', *config, *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
-def _bench(*args):
-  out = _run(*args)
+def _bench(*args, **kwargs):
+  out = _run(*args, **kwargs)
   assert out.returncode == 0, out.stderr[-3000:]
   return [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
 
@@ -73,6 +72,17 @@ def test_reference_times_the_same_model_in_jax_and_torch():
     assert jax_record['step_s'] > 0 and torch_record['step_s'] > 0
     assert torch_record['jax_speed_vs_torch'] == pytest.approx(
         torch_record['step_s'] / jax_record['step_s'], rel=0.02, abs=0.01)
+
+
+@pytest.mark.slow
+def test_clip_reference_times_the_same_encoders_in_jax_and_open_clip():
+  jax_record, torch_record = _bench('--what=clip_reference', '--batch=4', '--reps=1', '--classes=7',
+                                    config=('--config=configs/synthetic_clip_tiny.py',))
+  assert (jax_record['framework'].split()[0], torch_record['framework'].split()[0]) == ('jax',
+                                                                                       'torch')
+  assert jax_record['params'] == torch_record['params']  # the same encoders and classifier
+  assert torch_record['jax_speed_vs_torch'] == pytest.approx(
+      torch_record['step_s'] / jax_record['step_s'], rel=0.02, abs=0.01)
 
 
 def test_bad_requests_are_one_line():

@@ -1,4 +1,5 @@
 """The command line: config overrides, typos, prepare, and one-line errors."""
+import importlib
 import os
 import subprocess
 import sys
@@ -55,12 +56,25 @@ def test_bad_manual_dir_is_one_line_and_exit_1(tmp_path):
       f"error: config.data.manual_dir '{tmp_path / 'CUHK-PEDES'}' is not a folder")
 
 
-def test_a_real_data_run_without_backbone_weights_stops_before_any_work(tmp_path):
-  result = _main('--config=configs/cuhk.py', f'--workdir={tmp_path / "w"}',
+@pytest.mark.parametrize('config, message', [
+    ('cuhk.py', 'get ImageNet weights with'),
+    ('cuhk_clip.py', "convert open_clip's ViT-B-16 (OpenAI) weights with")])
+def test_a_real_data_run_without_backbone_weights_stops_before_any_work(config, message, tmp_path):
+  result = _main(f'--config=configs/{config}', f'--workdir={tmp_path / "w"}',
                  f'--config.data.manual_dir={tmp_path / "CUHK-PEDES"}')  # a folder that is not there
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(
-      'error: config.model.backbone_weights is not set: get ImageNet weights with')
+      f'error: config.model.backbone_weights is not set: {message}')
+
+
+def test_every_config_file_resolves():
+  names = sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, 'configs'))
+                 if n.endswith('.py') and n != '__init__.py')
+  assert {'cuhk', 'cuhk_clip', 'icfg_clip', 'rstp_clip', 'synthetic_clip_tiny'} <= set(names)
+  for name in names:
+    config = importlib.import_module(f'configs.{name}').get_config()
+    assert config.model.backbone == ('clip' if 'clip' in name else 'resnet'), name
+    config.copy_and_resolve_references()
 
 
 def test_a_bucket_url_as_workdir_is_refused_in_one_line(tmp_path):

@@ -58,3 +58,28 @@ def test_arrays_encode_as_their_files(trained, tmp_path):
     retriever.encode_images([arrays[0], np.zeros((4, 4))])
   with pytest.raises(UserError, match='list of at least one sentence'):
     retriever.encode_texts('a man in a coat')
+
+
+def test_a_clip_model_encodes_queries_as_its_evaluation_does(tiny_dataset, tmp_path):
+  """Query time tokenizes and chunks a sentence as the dataset build and the input pipeline did."""
+  from open_clip import tokenizer  # pylint: disable=g-import-not-at-top
+  from dssl_jax import train  # pylint: disable=g-import-not-at-top
+  from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from tests.helpers import tiny_train_config  # pylint: disable=g-import-not-at-top
+  config = tiny_train_config(tiny_dataset[0])
+  config.data.max_words = 24
+  config.model.backbone = 'clip'
+  config.model.clip.update(image_width=32, image_layers=1, image_heads=2, text_width=32,
+                           text_layers=1, text_heads=2, context=24, embed_dim=16,
+                           bpe_path=tokenizer.default_bpe())
+  config.train.stage1_epochs, config.train.stage2_epochs = 1, 0
+  with train.Trainer(config, str(tmp_path)) as trainer:
+    trainer.train()
+    batch = next(pipeline.queries(config, trainer.meta, 'test'))
+    want = trainer.encoder.queries(trainer.evaluation_variables()[0], [batch])
+  retriever = Retriever.from_workdir(str(tmp_path))
+  texts = [t.decode() for t in batch['text'][batch['valid']]]
+  got = retriever.encode_texts(texts)
+  assert retriever.unknown_words(texts[0]) == []
+  for name in ('T_P', 'T_L', 'phrase_valid'):
+    np.testing.assert_allclose(got[name], want[name][:len(texts)], atol=1e-5, err_msg=name)

@@ -14,8 +14,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from dssl_jax.data import builders
+from dssl_jax.data import clip_tokenizer
 from dssl_jax.data.builders.person_text import PHRASE_SEPARATOR
 from dssl_jax.errors import UserError
+from dssl_jax.models import dssl
 
 try:  # tf.data only: leave every accelerator to JAX
   tf.config.set_visible_devices([], 'GPU')
@@ -85,7 +87,46 @@ class TextEncoder:
             'phrase_mask': phrase_mask}
 
 
-def _text_encoder(config, meta: DatasetMeta) -> TextEncoder:
+class ClipTextEncoder:
+  """The same from the raw text and the phrases, with CLIP's tokenizer (a numpy function in the
+  graph: BPE has no TF ops); phrase rows as config.model.clip.phrases wants them."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    d, k = config.data, config.model.clip
+    self.tokenizer = clip_tokenizer.ClipTokenizer(k.bpe_path)
+    if self.tokenizer.vocab_size != k.vocab_size:
+      raise UserError(f'config.model.clip.vocab_size is {k.vocab_size}, the tokenizer of '
+                      f'{k.bpe_path} has {self.tokenizer.vocab_size} ids')
+    for field in ('max_words', 'max_phrase_words'):
+      if d[field] > k.context:
+        raise UserError(f'config.data.{field} {d[field]} exceeds CLIP\'s context '
+                        f'(config.model.clip.context {k.context})')
+    self.shapes = ([d.max_words], [d.max_phrases, dssl.phrase_length(config)])
+    self.arguments = (d.max_words, d.max_phrases, d.max_phrase_words, k.phrases)
+
+  def encode(self, text: str, phrases: list[str]) -> dict:
+    tokens, phrase_ids, phrase_mask = self.tokenizer.caption(text, phrases, *self.arguments)
+    return {'tokens': tokens, 'token_mask': tokens != 0, 'phrases': phrase_ids,
+            'phrase_mask': phrase_mask}
+
+  def __call__(self, caption: dict) -> dict:
+    def encode(text, phrases):
+      phrases = phrases.decode()
+      out = self.encode(text.decode(), phrases.split(PHRASE_SEPARATOR) if phrases else [])
+      return out['tokens'], out['phrases'], out['phrase_mask']
+
+    tokens, phrases, phrase_mask = tf.numpy_function(
+        encode, [caption['text'], caption['phrases']], [tf.int32, tf.int32, tf.bool],
+        stateful=False)
+    tokens = tf.ensure_shape(tokens, self.shapes[0])
+    return {'tokens': tokens, 'token_mask': tokens != 0,
+            'phrases': tf.ensure_shape(phrases, self.shapes[1]),
+            'phrase_mask': tf.ensure_shape(phrase_mask, self.shapes[1])}
+
+
+def _text_encoder(config, meta: DatasetMeta) -> TextEncoder | ClipTextEncoder:
+  if config.model.backbone == 'clip':
+    return ClipTextEncoder(config)
   d = config.data
   return TextEncoder(meta.vocabulary, d.max_words, d.max_phrases, d.max_phrase_words)
 
@@ -227,8 +268,9 @@ def random_batch(config, vocab_size: int, num_classes: int, batch_size: int, see
   lengths = rng.integers(3, d.max_words + 1, batch_size)
   token_mask = np.arange(d.max_words) < lengths[:, None]
   n_phrases = rng.integers(1, d.max_phrases + 1, batch_size)
-  phrase_lengths = rng.integers(1, d.max_phrase_words + 1, (batch_size, d.max_phrases))
-  phrase_mask = ((np.arange(d.max_phrase_words) < phrase_lengths[..., None])
+  length = dssl.phrase_length(config)
+  phrase_lengths = rng.integers(1, length + 1, (batch_size, d.max_phrases))
+  phrase_mask = ((np.arange(length) < phrase_lengths[..., None])
                  & (np.arange(d.max_phrases) < n_phrases[:, None])[..., None])
   return {
       'image': rng.normal(size=(batch_size, *d.image_size, 3)).astype(np.float32),

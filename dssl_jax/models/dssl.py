@@ -6,9 +6,14 @@ shared ID classifier's output on each ID feature. A switch that removes a module
 the identity (no SPSM: V_P = V_G; no SDM: T_P = T_G, T_L = M_T; no SAM: V_L = M_V), and the
 features only it produces (V_S, V_R, V_R_pairs) are absent.
 
-Mixed precision (config.model.dtype = 'bfloat16'): the backbone and the GRU, where nearly all the
-FLOPs are, compute in bfloat16; parameters, BN statistics, the heads, every feature and the losses
-stay float32.
+The encoders (config.model.backbone): ImageNet ResNet + bi-GRU as in the paper, or CLIP's ViT and
+text Transformer, whose class token and end-of-text token stand for the pooled feature map and
+the sentence state, their patch grid for the feature map's strips; everything after the encoders
+is the same.
+
+Mixed precision (config.model.dtype = 'bfloat16'): the encoders, where nearly all the FLOPs are,
+compute in bfloat16; parameters, BN statistics, the heads, every feature and the losses stay
+float32.
 """
 import dataclasses
 
@@ -18,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dssl_jax.errors import UserError
+from dssl_jax.models import clip
 from dssl_jax.models import heads
 from dssl_jax.models.resnet import ResNet
 from dssl_jax.models.text import TextEncoder
@@ -58,10 +64,22 @@ class DSSL(nn.Module):
     p, groups = c.embed_dim, c.gn_groups
     self.switches = Switches.from_config(c)
     dtype = compute_dtype(c)
-    self.backbone = ResNet(c.depth, c.width, dtype)
+    if c.backbone == 'clip':
+      k = c.clip
+      if k.phrases not in ('span', 'separate'):
+        raise UserError(f"config.model.clip.phrases must be 'span' or 'separate', got "
+                        f"{k.phrases!r}")
+      self.backbone = clip.VisionTransformer(k.patch, k.image_width, k.image_layers,
+                                             k.image_heads, k.embed_dim, k.activation, dtype)
+      self.text = clip.TextTransformer(k.vocab_size, k.context, k.text_width, k.text_layers,
+                                       k.text_heads, k.embed_dim, k.activation, dtype)
+    elif c.backbone == 'resnet':
+      self.backbone = ResNet(c.depth, c.width, dtype)
+      self.text = TextEncoder(self.vocab_size, c.word_dim, p // 2, dtype)
+    else:
+      raise UserError(f"config.model.backbone must be 'resnet' or 'clip', got {c.backbone!r}")
     self.image_global = heads.GlobalHead(p, groups)
     self.image_local = heads.LocalHead(p, groups)
-    self.text = TextEncoder(self.vocab_size, c.word_dim, p // 2, dtype)
     self.text_global = heads.GlobalHead(p, groups)
     self.text_local = heads.LocalHead(p, groups)
     if self.switches.separation:
@@ -79,10 +97,15 @@ class DSSL(nn.Module):
                    frozen_backbone: bool = False) -> dict:
     """images [B, H, W, 3] -> V_G, M_V, V_P, V_L (and V_S). A frozen backbone (stage 1) keeps its
     BN statistics and passes no gradient, so XLA computes no backward pass for it."""
-    feature_map = self.backbone(images, train=train and not frozen_backbone).astype(jnp.float32)
+    if self.config.backbone == 'clip':
+      pooled, feature_map = self.backbone(images)
+    else:
+      feature_map = self.backbone(images, train=train and not frozen_backbone)
+      pooled = feature_map.mean(axis=(1, 2))
+    pooled, feature_map = pooled.astype(jnp.float32), feature_map.astype(jnp.float32)
     if frozen_backbone:
-      feature_map = jax.lax.stop_gradient(feature_map)
-    f = {'V_G': self.image_global(feature_map.mean(axis=(1, 2))),
+      pooled, feature_map = jax.lax.stop_gradient((pooled, feature_map))
+    f = {'V_G': self.image_global(pooled),
          'M_V': self.image_local(heads.strip_pool(feature_map, self.config.num_strips))}
     f['V_P'] = f['V_G']
     if self.switches.separation:
@@ -90,16 +113,23 @@ class DSSL(nn.Module):
     f['V_L'] = self.sam(f['V_P'], f['M_V']) if self.switches.sam else f['M_V']
     return f
 
-  def encode_text(self, tokens, token_mask, phrases, phrase_mask, train: bool = False) -> dict:
+  def encode_text(self, tokens, token_mask, phrases, phrase_mask, train: bool = False,
+                  frozen_backbone: bool = False) -> dict:
     """tokens [B, L], phrases [B, n, l] with masks -> T_G, M_T, T_P, T_L, phrase_valid [B, n].
+    CLIP's text encoder is frozen with the backbone (stage 1); the bi-GRU trains from the start.
 
     SDM (eq. 1) zeroes its input at train time only. config.sdm_zeroing 'features' (eq. 1 as
     printed): every training use of T_P and T_L (aligns, ID) sees the zeroed input, the test the
     clean one. 'loss': only eq. 2's reconstruction loss sees it, as a denoising autoencoder is
     trained, and the aligns train on the T_P and T_L the test uses.
     """
-    f = {'T_G': self.text_global(self.text(tokens, token_mask)),
-         'M_T': self.text_local(self.text(phrases, phrase_mask)),
+    if self.config.backbone == 'clip':
+      sentence, phrase_states = self._clip_text(tokens, phrases, phrase_mask)
+      if frozen_backbone:
+        sentence, phrase_states = jax.lax.stop_gradient((sentence, phrase_states))
+    else:
+      sentence, phrase_states = self.text(tokens, token_mask), self.text(phrases, phrase_mask)
+    f = {'T_G': self.text_global(sentence), 'M_T': self.text_local(phrase_states),
          'phrase_valid': phrase_mask.any(axis=-1)}
     if self.switches.sdm:
       zeroing = self.config.sdm_zeroing
@@ -113,6 +143,19 @@ class DSSL(nn.Module):
       f['T_P'], f['T_L'] = f['T_G'], f['M_T']
     return f
 
+  def _clip_text(self, tokens, phrases, phrase_mask) -> tuple[jax.Array, jax.Array]:
+    """Sentence feature [B, d] and phrase features [B, n, d]. 'span': phrase_mask [B, n, L] marks
+    each phrase's tokens in the sentence, whose pass gives them (mean over the span); 'separate':
+    phrases [B, n, l] are token rows of their own, one encoder pass each."""
+    sentence, token_states = self.text(tokens)
+    if self.config.clip.phrases == 'span':
+      span = phrase_mask.astype(jnp.float32)
+      sums = jnp.einsum('bnl,bld->bnd', span, token_states.astype(jnp.float32))
+      return sentence, sums / jnp.maximum(span.sum(-1, keepdims=True), 1.0)
+    b, n, length = phrases.shape
+    phrase_states, _ = self.text(phrases.reshape(b * n, length))
+    return sentence, phrase_states.reshape(b, n, -1)
+
   def __call__(self, batch: dict, train: bool = True, frozen_backbone: bool = False) -> dict:
     """Every feature of a batch of (image, caption) pairs, and the ID logits of each ID feature.
 
@@ -121,7 +164,7 @@ class DSSL(nn.Module):
     """
     f = self.encode_image(batch['image'], train, frozen_backbone)
     f |= self.encode_text(batch['tokens'], batch['token_mask'], batch['phrases'],
-                          batch['phrase_mask'], train)
+                          batch['phrase_mask'], train, frozen_backbone)
     if self.switches.separation:
       f['V_R'] = self.spfm(f['T_P'], f['V_S'])
       f['V_R_pairs'] = self.spfm.pairwise(f['T_P'], f['V_S'])
@@ -140,14 +183,25 @@ def id_features(switches: Switches, stage: int = 2) -> tuple[str, ...]:
   return ('V_G', 'T_G') + extra
 
 
-def init_variables(model: DSSL, rng: jax.Array, image_size, max_words: int, max_phrases: int,
-                   max_phrase_words: int) -> dict:
-  """Variables for a batch of 1 of the given input shapes (jit: eager init is ~10x slower)."""
-  batch = {'image': jnp.zeros((1, *image_size, 3)),
-           'tokens': jnp.ones((1, max_words), jnp.int32),
-           'token_mask': jnp.ones((1, max_words), bool),
-           'phrases': jnp.ones((1, max_phrases, max_phrase_words), jnp.int32),
-           'phrase_mask': jnp.ones((1, max_phrases, max_phrase_words), bool)}
+def phrase_length(config: ml_collections.ConfigDict) -> int:
+  """The phrases input's last axis: words (or tokens) per phrase, except that CLIP's phrase spans
+  (config.model.clip.phrases = 'span') index the sentence's tokens."""
+  if config.model.backbone == 'clip' and config.model.clip.phrases == 'span':
+    return config.data.max_words
+  return config.data.max_phrase_words
+
+
+def init_variables(model: DSSL, rng: jax.Array, config: ml_collections.ConfigDict) -> dict:
+  """Variables for a batch of 1 of the config's input shapes (jit: eager init is ~10x slower);
+  'batch_stats' is always there."""
+  d = config.data
+  phrase_shape = (1, d.max_phrases, phrase_length(config))
+  batch = {'image': jnp.zeros((1, *d.image_size, 3)),
+           'tokens': jnp.ones((1, d.max_words), jnp.int32),
+           'token_mask': jnp.ones((1, d.max_words), bool),
+           'phrases': jnp.ones(phrase_shape, jnp.int32),
+           'phrase_mask': jnp.ones(phrase_shape, bool)}
   params_rng, sdm_rng = jax.random.split(rng)
-  return jax.jit(model.init, static_argnames='train')({'params': params_rng, 'sdm': sdm_rng},
-                                                      batch, train=False)
+  variables = jax.jit(model.init, static_argnames='train')({'params': params_rng, 'sdm': sdm_rng},
+                                                           batch, train=False)
+  return {'batch_stats': {}, **variables}  # CLIP has no BatchNorm: an empty collection

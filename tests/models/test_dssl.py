@@ -121,3 +121,79 @@ def test_sdm_zeroing_typo_is_one_line():
   config.model.sdm_zeroing = 'both'
   with pytest.raises(UserError, match="sdm_zeroing must be 'features' or 'loss'"):
     init_model(config)
+
+
+def _clip_model_config(phrases='span'):
+  """tiny_model_config with configs/synthetic_clip_tiny.py's encoders, narrower still."""
+  config = tiny_model_config()
+  config.data.image_size, config.data.max_words = (64, 32), 12
+  config.model.backbone = 'clip'
+  config.model.clip.update(image_width=32, image_layers=1, image_heads=2, text_width=32,
+                           text_layers=1, text_heads=2, context=12, embed_dim=16, phrases=phrases)
+  return config
+
+
+def _clip_batch(config, batch_size=3):
+  """random_batch with valid CLIP rows: start, ids, end (the largest id), padding."""
+  batch = random_batch(config, 49406, 7, batch_size)
+  length = batch['token_mask'].sum(-1)
+  tokens = np.where(batch['token_mask'], batch['tokens'], 0)
+  tokens[:, 0] = 49406
+  tokens[np.arange(batch_size), length - 1] = 49407
+  return batch | {'tokens': tokens, 'token_mask': tokens != 0}
+
+
+@pytest.mark.parametrize('phrases', ['span', 'separate'])
+def test_clip_phrases_pool_the_sentence_pass_or_run_their_own(phrases):
+  """M_T's input: the mean of the sentence's token features over each span, or the features of
+  each phrase's own pass; V_G's the class feature, M_V's the patch grid's bands."""
+  config = _clip_model_config(phrases)
+  batch = _clip_batch(config)
+  model, variables = init_model(config)
+  assert set(variables['params']['backbone']) >= {'conv1', 'class_embedding', 'proj'}
+  f = model.apply(variables, batch, train=False)
+  sentence, tokens = model.apply(variables, batch['tokens'], method=lambda m, t: m.text(t))
+  np.testing.assert_allclose(f['T_G'], model.apply(
+      variables, sentence, method=lambda m, x: m.text_global(x)), atol=1e-6)
+  if phrases == 'span':
+    span = batch['phrase_mask']
+    want = (span[..., None] * tokens[:, None]).sum(2) / np.maximum(span.sum(-1), 1)[..., None]
+  else:
+    b, n, length = batch['phrases'].shape
+    want = model.apply(variables, batch['phrases'].reshape(b * n, length),
+                       method=lambda m, t: m.text(t))[0].reshape(b, n, -1)
+  np.testing.assert_allclose(f['M_T'], model.apply(
+      variables, want, method=lambda m, x: m.text_local(x)), atol=1e-5)
+  pooled, grid = model.apply(variables, batch['image'], method=lambda m, x: m.backbone(x))
+  assert grid.shape == (3, 4, 2, 16)
+  np.testing.assert_allclose(f['V_G'], model.apply(
+      variables, pooled, method=lambda m, x: m.image_global(x)), atol=1e-6)
+
+
+def test_stage1_freezes_both_clip_encoders():
+  config = _clip_model_config()
+  batch = _clip_batch(config, 4)
+  model, variables = init_model(config)
+
+  def grads(frozen):
+    def loss_fn(params):
+      f = model.apply({'params': params}, batch, train=True, frozen_backbone=frozen,
+                      rngs={'sdm': jax.random.key(1)})
+      return losses.stage1_loss(f, batch)[0]
+    return jax.jit(jax.grad(loss_fn))(variables['params'])
+
+  frozen, trained = grads(True), grads(False)
+  for encoder in ('backbone', 'text'):
+    assert all((g == 0).all() for g in jax.tree.leaves(frozen[encoder])), encoder
+    assert any((g != 0).any() for g in jax.tree.leaves(trained[encoder])), encoder
+  assert any((g != 0).any() for g in jax.tree.leaves(frozen['text_global']))
+
+
+def test_unknown_backbone_or_phrase_mode_is_one_line():
+  config = tiny_model_config()
+  config.model.backbone = 'vit'
+  with pytest.raises(UserError, match="config.model.backbone must be 'resnet' or 'clip'"):
+    init_model(config)
+  config = _clip_model_config('pooled')
+  with pytest.raises(UserError, match="config.model.clip.phrases must be 'span' or 'separate'"):
+    init_model(config)
