@@ -95,7 +95,7 @@ def test_files_that_are_not_state_dicts_are_one_line_and_run_nothing(tmp_path):
 
 
 def test_a_run_without_backbone_weights_is_refused_unless_scratch_is_asked(tmp_path):
-  model = ml_collections.ConfigDict({'depth': 50, 'backbone_weights': ''})
+  model = ml_collections.ConfigDict({'backbone': 'resnet', 'depth': 50, 'backbone_weights': ''})
   with pytest.raises(UserError, match=r'backbone_weights is not set: get ImageNet weights with '
                      r'"python -m dssl_jax.weights --url=https://download.pytorch.org/models/'
                      r'resnet50-0676ba61.pth resnet50.npz".*backbone_weights=scratch'):
