@@ -152,12 +152,9 @@ class ClipReferenceModel(nn.Module):
   @nn.compact
   def __call__(self, batch: dict, part: str):
     del part  # one step only
-    k = self.config.clip
-    v, _ = clip.VisionTransformer(k.patch, k.image_width, k.image_layers, k.image_heads,
-                                  k.embed_dim, name='image')(batch['image'])
-    t, _ = clip.TextTransformer(k.vocab_size, batch['tokens'].shape[1], k.text_width,
-                                k.text_layers, k.text_heads, k.embed_dim, name='text')(
-                                    batch['tokens'])
+    image, text = clip.encoders(self.config.clip, context=batch['tokens'].shape[1])
+    v, _ = image(batch['image'])
+    t, _ = text(batch['tokens'])
     classifier = nn.Dense(self.num_classes, use_bias=False, name='classifier')
     unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
     logits = unit(v) @ unit(t).T / 0.02

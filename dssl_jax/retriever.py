@@ -91,27 +91,28 @@ class Retriever:
     """{'T_P', 'T_L', 'phrase_valid'} of each sentence and its noun phrases."""
     if isinstance(texts, str) or not len(texts):
       raise UserError('encode_texts needs a list of at least one sentence')
-    for i, text in enumerate(texts):
-      if not captions.tokenize(text):
+    words = [captions.tokenize(text) for text in texts]
+    for i, (text, its_words) in enumerate(zip(texts, words)):
+      if not its_words:
         raise UserError(f'query {i + 1} {text!r} is empty: it has no word')
     if self.config.model.backbone == 'clip':
       rows = [self._clip_text.encode(text, [' '.join(p) for p in self._phrases(text)])
               for text in texts]
       batch = {k: np.stack([row[k] for row in rows]) for k in rows[0]}
     else:
-      batch = self._vocabulary_ids(texts)
+      batch = self._vocabulary_ids(texts, words)
     batch |= {'person_id': np.zeros(len(texts), np.int32), 'text': np.array(texts, object)}
     features = self.encoder.queries(self.variables, pipeline.padded_batches_of(
         batch, self.config.eval.batch_size))
     return {k: features[k] for k in evaluate.QUERY_FEATURES}
 
-  def _vocabulary_ids(self, texts: list[str]) -> dict:
+  def _vocabulary_ids(self, texts: list[str], words: list[list[str]]) -> dict:
     """Sentence and phrase ids with the training vocabulary (ResNet + bi-GRU models)."""
     d = self.config.data
     tokens = np.zeros((len(texts), d.max_words), np.int32)
     phrases = np.zeros((len(texts), d.max_phrases, d.max_phrase_words), np.int32)
-    for i, text in enumerate(texts):
-      ids = [self.word_ids.get(w, 1) for w in captions.tokenize(text)]
+    for i, (text, its_words) in enumerate(zip(texts, words)):
+      ids = [self.word_ids.get(w, 1) for w in its_words]
       if all(j == 1 for j in ids):
         raise UserError(f'query {i + 1} {text!r} has no word of the training vocabulary')
       tokens[i, :min(len(ids), d.max_words)] = ids[:d.max_words]

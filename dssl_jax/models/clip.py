@@ -124,3 +124,12 @@ class TextTransformer(nn.Module):
     x = x @ projection
     end_of_text = jnp.argmax(tokens, axis=-1)
     return jnp.take_along_axis(x, end_of_text[:, None, None], axis=1)[:, 0], x
+
+
+def encoders(config, dtype=jnp.float32, context: Optional[int] = None):
+  """(VisionTransformer, TextTransformer) of config.model.clip; `context` overrides its length."""
+  return (VisionTransformer(config.patch, config.image_width, config.image_layers,
+                            config.image_heads, config.embed_dim, config.activation, dtype),
+          TextTransformer(config.vocab_size, context or config.context, config.text_width,
+                          config.text_layers, config.text_heads, config.embed_dim,
+                          config.activation, dtype))

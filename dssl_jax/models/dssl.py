@@ -69,10 +69,7 @@ class DSSL(nn.Module):
       if k.phrases not in ('span', 'separate'):
         raise UserError(f"config.model.clip.phrases must be 'span' or 'separate', got "
                         f"{k.phrases!r}")
-      self.backbone = clip.VisionTransformer(k.patch, k.image_width, k.image_layers,
-                                             k.image_heads, k.embed_dim, k.activation, dtype)
-      self.text = clip.TextTransformer(k.vocab_size, k.context, k.text_width, k.text_layers,
-                                       k.text_heads, k.embed_dim, k.activation, dtype)
+      self.backbone, self.text = clip.encoders(k, dtype)
     elif c.backbone == 'resnet':
       self.backbone = ResNet(c.depth, c.width, dtype)
       self.text = TextEncoder(self.vocab_size, c.word_dim, p // 2, dtype)
