@@ -69,6 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
   loss.mec_weight = 1.0
   loss.sdm = 'rank'  # Table 5: rank | euclidean reconstruction loss (eq. 2)
   loss.sdm_phrases = 'sum'  # eq. 2's phrase slots: sum (as printed) | mean (over slots in use)
+  # eq. 2's phrase negatives: other_person (as printed) | distinct (not the same words)
+  loss.sdm_phrase_negatives = 'other_person'
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 32

@@ -20,17 +20,20 @@ def cosine_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def ranking_loss(similarity: jax.Array, person_ids: jax.Array, margin: float,
-                 valid: jax.Array | None = None) -> jax.Array:
+                 valid: jax.Array | None = None, same: jax.Array | None = None) -> jax.Array:
   """eq. 3 on S[i, j] = S(x1_i, x2_j), matched pairs on the diagonal, averaged over anchors.
 
   For each matched pair (x1_i, x2_i): hinge over every x2_j (j a negative) and every x1_j.
-  `valid` [B] drops entries (padded phrases) as anchors and as negatives.
+  `valid` [B] drops entries (padded phrases) as anchors and as negatives; `same` [B, B] marks
+  further pairs that are not negatives (identical inputs).
   """
   positive = jnp.diag(similarity)
   negative = person_ids[:, None] != person_ids[None, :]
   if valid is None:
     valid = jnp.ones_like(positive, bool)
   negative &= valid[:, None] & valid[None, :]
+  if same is not None:
+    negative &= ~same
   against_x2 = jnp.where(negative, jax.nn.relu(margin - positive[:, None] + similarity), 0)
   against_x1 = jnp.where(negative, jax.nn.relu(margin - positive[None, :] + similarity), 0)
   per_anchor = against_x2.sum(axis=1) + against_x1.sum(axis=0)
@@ -70,7 +73,8 @@ def mec_loss(person: jax.Array, surroundings: jax.Array, form: str = 'cosine') -
   raise UserError(f"config.loss.mec_form must be 'cosine' or 'literal', got {form!r}")
 
 
-def sdm_loss(f: dict, person_ids, margin: float, kind: str, phrases: str = 'sum') -> jax.Array:
+def sdm_loss(f: dict, person_ids, margin: float, kind: str, phrases: str = 'sum',
+             same_phrases: jax.Array | None = None) -> jax.Array:
   """eq. 2: T_G vs T_P, plus each phrase slot i of M_T vs T_L (padded phrases left out).
 
   T_P and T_L are SDM's outputs from the zeroed input (the '_zeroed' copies where only this loss
@@ -78,13 +82,15 @@ def sdm_loss(f: dict, person_ids, margin: float, kind: str, phrases: str = 'sum'
   kind 'rank' is the paper's; 'euclidean' (Table 5) is the mean squared distance instead.
   phrases 'sum' adds the slots' losses as eq. 2 prints; 'mean' averages them over the slots that
   hold a phrase, so the phrase part weighs as much as the sentence part whatever n is.
+  same_phrases [B, B, n] (identical_phrases): pairs of a slot that are no negatives.
   """
   valid = f['phrase_valid']  # [B, n]
   t_p, t_l = f.get('T_P_zeroed', f['T_P']), f.get('T_L_zeroed', f['T_L'])
   if kind == 'rank':
     sentence = rank_loss(f['T_G'], t_p, person_ids, margin)
-    per_slot = jax.vmap(lambda m, t, v: ranking_loss(cosine_matrix(m, t), person_ids, margin, v),
-                        in_axes=(1, 1, 1))(f['M_T'], t_l, valid)
+    per_slot = jax.vmap(
+        lambda m, t, v, same: ranking_loss(cosine_matrix(m, t), person_ids, margin, v, same),
+        in_axes=(1, 1, 1, 2))(f['M_T'], t_l, valid, same_phrases)
   elif kind == 'euclidean':
     sentence = jnp.mean(jnp.sum((f['T_G'] - t_p)**2, axis=-1))
     distances = jnp.sum((f['M_T'] - t_l)**2, axis=-1)  # [B, n]
@@ -96,6 +102,28 @@ def sdm_loss(f: dict, person_ids, margin: float, kind: str, phrases: str = 'sum'
   if phrases == 'mean':
     return sentence + per_slot.sum() / jnp.maximum(valid.any(axis=0).sum(), 1)
   raise UserError(f"config.loss.sdm_phrases must be 'sum' or 'mean', got {phrases!r}")
+
+
+def identical_phrases(batch: dict, config: ml_collections.ConfigDict) -> jax.Array | None:
+  """same[a, b, i]: slot i of captions a and b holds the same words, or None when no pair counts
+  as the same (config.loss.sdm_phrase_negatives).
+
+  'other_person' (default): every other person's phrase is a negative, as eq. 3 is printed.
+  'distinct': not one with the same words. A phrase is encoded on its own, so the same words
+  ("the man", "black shoes") give the same M_T in every caption, and eq. 2 cannot rank one copy
+  above the other: on the synthetic default such pairs are ~4% of a slot's negatives and nearly
+  all of the SDM loss that remains at the end (docs/sdm_negatives.md).
+  CLIP's phrase spans are read in their sentence's context, so none of them is the same.
+  """
+  rule = config.loss.sdm_phrase_negatives
+  if rule not in ('distinct', 'other_person'):
+    raise UserError("config.loss.sdm_phrase_negatives must be 'distinct' or 'other_person', "
+                    f'got {rule!r}')
+  spans = config.model.backbone == 'clip' and config.model.clip.phrases == 'span'
+  if rule == 'other_person' or spans:
+    return None
+  words = jnp.where(batch['phrase_mask'], batch['phrases'], 0)  # [B, n, l]
+  return jnp.all(words[:, None] == words[None, :], axis=-1)
 
 
 def gallery_surroundings(config: ml_collections.ConfigDict) -> bool:
@@ -175,5 +203,6 @@ def stage2_loss(f: dict, batch: dict, config: ml_collections.ConfigDict) -> tupl
   if loss.mec and switches.separation:
     terms['mec'] = loss.mec_weight * mec_loss(f['V_P'], f['V_S'], loss.mec_form)
   if switches.sdm:
-    terms['sdm'] = sdm_loss(f, ids, margin, loss.sdm, loss.sdm_phrases)
+    terms['sdm'] = sdm_loss(f, ids, margin, loss.sdm, loss.sdm_phrases,
+                            identical_phrases(batch, config))
   return sum(terms.values()), terms

@@ -18,17 +18,19 @@ def _cos(a, b):
   return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
 
 
-def _rank_loop(x1, x2, ids, margin, valid=None):
-  """eq. 3 pair by pair: each valid matched pair against its valid negatives, averaged."""
+def _rank_loop(x1, x2, ids, margin, valid=None, same=None):
+  """eq. 3 pair by pair: each valid matched pair against its valid negatives (another person,
+  not marked `same`), averaged."""
   n = len(x1)
   valid = np.ones(n, bool) if valid is None else valid
+  same = np.zeros((n, n), bool) if same is None else same
   total, anchors = 0.0, 0
   for i in range(n):
     if not valid[i]:
       continue
     anchors += 1
     for j in range(n):
-      if valid[j] and ids[j] != ids[i]:
+      if valid[j] and ids[j] != ids[i] and not same[i, j]:
         total += max(0, margin - _cos(x1[i], x2[i]) + _cos(x1[i], x2[j]))
         total += max(0, margin - _cos(x1[i], x2[i]) + _cos(x1[j], x2[i]))
   return total / max(anchors, 1)
@@ -153,6 +155,39 @@ def test_sdm_loss_phrase_mean_averages_over_the_slots_in_use():
                              rtol=1e-5)
   with pytest.raises(UserError, match='config.loss.sdm_phrases'):
     losses.sdm_loss(f, ids, 0.2, 'rank', 'max')
+
+
+def test_sdm_loss_leaves_identical_phrases_out_of_the_negatives():
+  config = _override(tiny_model_config(), 'loss.sdm_phrase_negatives', 'distinct')
+  batch = random_batch(config, 50, 7, batch_size=6)
+  batch['person_id'] = np.arange(6)
+  batch['phrases'][3, 0] = batch['phrases'][0, 0]  # one phrase, said of two people
+  batch['phrase_mask'][3, 0] = batch['phrase_mask'][0, 0]
+  batch['phrases'][3, 0][~batch['phrase_mask'][3, 0]] += 1  # differs only in padding
+  same = np.asarray(losses.identical_phrases(batch, config))
+  words = [[tuple(row[mask]) for row, mask in zip(phrases, masks)]
+           for phrases, masks in zip(batch['phrases'], batch['phrase_mask'])]
+  n = config.data.max_phrases
+  want = np.array([[[words[a][i] == words[b][i] for i in range(n)] for b in range(6)]
+                   for a in range(6)])
+  np.testing.assert_array_equal(same, want)
+  assert same[0, 3, 0] and not same[0, 3, 1]
+
+  f = _features(np.random.default_rng(6), n=n)
+  ids = batch['person_id']
+  sentence = _rank_loop(f['T_G'], f['T_P'], ids, 0.2)
+  slot = lambda i, same_i: _rank_loop(f['M_T'][:, i], f['T_L'][:, i], ids, 0.2,
+                                      f['phrase_valid'][:, i], same_i)
+  np.testing.assert_allclose(losses.sdm_loss(f, ids, 0.2, 'rank', 'sum', same),
+                             sentence + sum(slot(i, same[:, :, i]) for i in range(n)), rtol=1e-5)
+  assert losses.identical_phrases(batch, tiny_model_config()) is None  # eq. 3 as printed
+  np.testing.assert_allclose(losses.sdm_loss(f, ids, 0.2, 'rank'),
+                             sentence + sum(slot(i, None) for i in range(n)), rtol=1e-5)
+  spans = _override(config, 'model.backbone', 'clip')
+  spans.model.clip.phrases = 'span'
+  assert losses.identical_phrases(batch, spans) is None  # read in context: never the same
+  with pytest.raises(UserError, match='config.loss.sdm_phrase_negatives'):
+    losses.identical_phrases(batch, _override(config, 'loss.sdm_phrase_negatives', 'any'))
 
 
 def test_align4_and_align5_similarities_are_image_by_text():
