@@ -119,8 +119,7 @@ def identical_phrases(batch: dict, config: ml_collections.ConfigDict) -> jax.Arr
   if rule not in ('distinct', 'other_person'):
     raise UserError("config.loss.sdm_phrase_negatives must be 'distinct' or 'other_person', "
                     f'got {rule!r}')
-  spans = config.model.backbone == 'clip' and config.model.clip.phrases == 'span'
-  if rule == 'other_person' or spans:
+  if rule == 'other_person' or dssl.phrase_spans(config):
     return None
   words = jnp.where(batch['phrase_mask'], batch['phrases'], 0)  # [B, n, l]
   return jnp.all(words[:, None] == words[None, :], axis=-1)

@@ -180,10 +180,16 @@ def id_features(switches: Switches, stage: int = 2) -> tuple[str, ...]:
   return ('V_G', 'T_G') + extra
 
 
+def phrase_spans(config: ml_collections.ConfigDict) -> bool:
+  """Whether phrases are spans of the sentence's tokens (CLIP, config.model.clip.phrases =
+  'span'), read in context, rather than token rows encoded on their own."""
+  return config.model.backbone == 'clip' and config.model.clip.phrases == 'span'
+
+
 def phrase_length(config: ml_collections.ConfigDict) -> int:
-  """The phrases input's last axis: words (or tokens) per phrase, except that CLIP's phrase spans
-  (config.model.clip.phrases = 'span') index the sentence's tokens."""
-  if config.model.backbone == 'clip' and config.model.clip.phrases == 'span':
+  """The phrases input's last axis: words (or tokens) per phrase, except that phrase spans
+  index the sentence's tokens."""
+  if phrase_spans(config):
     return config.data.max_words
   return config.data.max_phrase_words
 
