@@ -8,12 +8,14 @@ skipped. --seeds=N trains each row N times (config.seed + 0..N-1, in WORKDIR/<va
 and reports mean ± std over seeds: one synthetic run moves by several R1 points from float order
 alone. --variant=K runs only row K (one cluster job per row, see launch/slurm_sweep.sh);
 --table_only collects the finished rows; --dry_run prints each run's command instead of running it.
-Writes WORKDIR/<table>.md, .csv (with every seed's R1) and .png (R1/R5/R10/mAP/mINP per row).
+Writes WORKDIR/<table>.md, .csv (with every seed's R1 and a run's R1 standard error over the test
+split's people) and .png (R1/R5/R10/mAP/mINP per row).
 """
 import csv
 import json
 import os
 import shlex
+import statistics
 import sys
 
 from absl import app
@@ -74,16 +76,22 @@ def write_table(workdir: str, sweep: str, rows: dict) -> str:
   labelled = {name + (f' ({len(rows[name])} of {seeds} seeds)' if len(rows[name]) < seeds else ''):
               cells for name, cells in summary.items()}  # rows still missing seeds say so
   table = reports.metrics_table(labelled)
+  stderr = {name: [run['R1_stderr'] for run in runs if 'R1_stderr' in run]  # absent: older runs
+            for name, runs in rows.items()}
+  every = [e for errors in stderr.values() for e in errors]
+  about = ([f'Mean ± std over {seeds} seeds.'] if seeds > 1 else []) + (
+      [f'One run\'s R1 has a standard error of {statistics.fmean(every):.2f} over the test split\'s '
+       'people: the split alone spreads runs by about that.'] if every else [])
   with open(os.path.join(workdir, f'{sweep}.md'), 'w') as f:
-    f.write(f'# {sweep}\n\n' + (f'Mean ± std over {seeds} seeds.\n\n' if seeds > 1 else '')
-            + table + '\n')
+    f.write(f'# {sweep}\n\n' + (' '.join(about) + '\n\n' if about else '') + table + '\n')
   with open(os.path.join(workdir, f'{sweep}.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['variant', 'seeds', *reports.METRICS, *(f'{k}_std' for k in reports.METRICS),
-                     *(f'R1_run{k}' for k in range(seeds))])
+                     'R1_stderr', *(f'R1_run{k}' for k in range(seeds))])
     for name, runs in rows.items():
       writer.writerow([name, len(runs), *(f'{summary[name][k][0]:.2f}' for k in reports.METRICS),
                        *(f'{summary[name][k][1]:.2f}' for k in reports.METRICS),
+                       f'{statistics.fmean(stderr[name]):.2f}' if stderr[name] else '',
                        *(f'{run["R1"]:.2f}' for run in runs)])
   reports.bar_chart(labelled, os.path.join(workdir, f'{sweep}.png'), title=sweep)
   return table

@@ -40,8 +40,24 @@ def test_hand_worked_case():
   assert got['mAP'] == pytest.approx(100 * ap)
   assert got['mINP'] == pytest.approx(100 * (3 / 5 + 1 / 4 + 1 / 4) / 3)
   assert got['queries_without_match'] == 1
+  assert got['R1_stderr'] == pytest.approx(100 * np.std([1, 0, 0], ddof=1) / np.sqrt(3))
   nobody = evaluate.retrieval_metrics(similarity[3:], np.array([9]), gallery_ids)
   assert nobody['R1'] == 0 and nobody['queries'] == 0  # no division by zero
+
+
+def test_stderr_counts_people_not_queries():
+  rng = np.random.default_rng(0)
+  hits = rng.random(50) < 0.4
+  people = np.arange(50)
+  one_each = evaluate.stderr_over_people(hits, people)
+  assert one_each == pytest.approx(np.std(hits, ddof=1) / np.sqrt(50))  # the plain std error
+  # Each person asked 8 times with the same outcome: 8x the queries, no more information.
+  assert evaluate.stderr_over_people(np.repeat(hits, 8), np.repeat(people, 8)) == pytest.approx(
+      one_each)
+  # Independent outcomes within a person do carry more: the error shrinks toward std / sqrt(400).
+  independent = rng.random(400) < 0.4
+  assert evaluate.stderr_over_people(independent, np.repeat(people, 8)) < 0.5 * one_each
+  assert evaluate.stderr_over_people(hits[:1], people[:1]) == 0.0
 
 
 @pytest.mark.parametrize('chunk', [4, 7, 64])

@@ -83,7 +83,8 @@ def test_seeds_table_reports_mean_std_and_every_seed(tmp_path, monkeypatch, caps
     r1 = 50 + 10 * config.model.sam + config.seed
     os.makedirs(workdir)
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump({'R1': r1, 'R5': 80.0, 'R10': 90.0, 'mAP': r1 / 2, 'mINP': 20.0}, f)
+      json.dump({'R1': r1, 'R5': 80.0, 'R10': 90.0, 'mAP': r1 / 2, 'mINP': 20.0,
+                 'R1_stderr': 2.0 + config.seed % 2}, f)
 
   monkeypatch.setattr(sweep_lib, 'train_row', fake_run)
   config = tiny_model_config()
@@ -98,8 +99,10 @@ def test_seeds_table_reports_mean_std_and_every_seed(tmp_path, monkeypatch, caps
   assert table[0]['variant'] == 'DSSL' and table[0]['seeds'] == '3'
   assert (table[0]['R1'], table[0]['R1_std'], table[0]['mAP_std']) == ('65.00', '1.00', '0.50')
   assert [table[1][f'R1_run{k}'] for k in range(3)] == ['54.00', '55.00', '56.00']
+  assert table[1]['R1_stderr'] == '2.33'  # seeds 4, 5, 6: 2, 3, 2
   markdown = (tmp_path / 'tiny.md').read_text()
   assert 'Mean ± std over 3 seeds' in markdown and '| no SAM | 55.00 ± 1.00 |' in markdown
+  assert 'standard error of 2.33 over the test split' in markdown
   assert os.path.getsize(tmp_path / 'tiny.png') > 1000
   trained.clear()
   sweep_lib.run_sweep(config, 'configs/synthetic.py', 'tiny', str(tmp_path), seeds=3)
