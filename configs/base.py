@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.backbone = 'resnet'
   model.depth = 50  # ResNet depth: 18 | 34 | 50
   model.width = 64  # ResNet base width (64 = torchvision's)
+  model.zero_init_residual = False  # from scratch: each block's last BN scale starts at 0
   # .npz of the ImageNet ResNet (python -m dssl_jax.weights) or of CLIP (python -m
   # dssl_jax.clip_weights); 'scratch' = random on purpose; '' refuses to train
   model.backbone_weights = ''
@@ -95,6 +96,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.split = 'test'
+  # best: the best on val (else the last) | last | a step kept in WORKDIR/checkpoints/, e.g. '900'
+  ev.checkpoint = 'best'
   ev.batch_size = 64
   ev.lambda1 = 0.5  # Sim_TI weight of the CA term with visual parts
   ev.lambda2 = 0.5  # Sim_TI weight of the CA term with textual phrases

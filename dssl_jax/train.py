@@ -224,15 +224,17 @@ class Trainer:
                        self._tx(stage).init(variables['params']), step_rng)
     return jax.device_put(state, self.replicated)
 
+  def read(self, step: int) -> tuple[TrainState, dict]:
+    """Checkpoint `step` onto this run's devices, and its meta."""
+    meta = self.checkpoints.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']
+    state = self.checkpoints.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(self._abstract_state(meta['stage']))))['state']
+    return state, meta
+
   def restore(self) -> tuple[TrainState, dict] | None:
     """The newest readable checkpoint, onto this run's devices, and its meta (None: there is none)."""
-    def read(step):
-      meta = self.checkpoints.restore(step, args=ocp.args.Composite(
-          meta=ocp.args.JsonRestore()))['meta']
-      state = self.checkpoints.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(self._abstract_state(meta['stage']))))['state']
-      return state, meta
-    return newest_readable(self.checkpoints, read)
+    return newest_readable(self.checkpoints, self.read)
 
   def save(self, state: TrainState, stage: int):
     step = int(state.step)
@@ -363,19 +365,29 @@ class Trainer:
           meta=ocp.args.JsonSave({'epoch': epoch + 1, **metrics})), force=True)
 
   def evaluation_variables(self) -> tuple[dict, str]:
-    """The best-on-val variables when a val split picked one, else the latest checkpoint's; onto
-    this run's devices, whatever device count saved them."""
+    """config.eval.checkpoint's variables (best: the best on val when a val split picked one,
+    else the latest checkpoint's; last; or a kept step), onto this run's devices, whatever device
+    count saved them."""
     self.checkpoints.wait_until_finished()
     self.best.wait_until_finished()
+    choice = self.config.eval.checkpoint
     abstract = self._abstract_state(2)
     abstract = {'params': abstract.params, 'batch_stats': abstract.batch_stats}
     try:
-      best = newest_readable(self.best, lambda step: (step, self.best.restore(
-          step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)))['variables']),
-          BEST_ITEMS)
-      if best:
-        return best[1], f'the best checkpoint on val (step {best[0]})'
-      restored = self.restore()
+      if choice == 'best':
+        best = newest_readable(self.best, lambda step: (step, self.best.restore(
+            step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)))[
+                'variables']), BEST_ITEMS)
+        if best:
+          return best[1], f'the best checkpoint on val (step {best[0]})'
+      if choice in ('best', 'last'):
+        restored = self.restore()
+      else:
+        kept = self.checkpoints.all_steps()
+        if not choice.isdigit() or int(choice) not in kept:
+          raise UserError(f'config.eval.checkpoint={choice!r}: best, last or a step kept in '
+                          f'{self.checkpoints.directory} ({", ".join(map(str, sorted(kept)))})')
+        restored = self.read(int(choice))
     except (ValueError, KeyError) as e:  # orbax's words for a tree of other names or shapes
       raise UserError(f'the checkpoint in {self.workdir} does not fit the configured model '
                       f'(config.model, dataset vocabulary or identities differ): '
@@ -384,11 +396,14 @@ class Trainer:
       raise UserError(f'no readable checkpoint in {self.checkpoints.directory}: train first '
                       '(--mode=train with the same --workdir)')
     state, meta = restored
-    return ({'params': state.params, 'batch_stats': state.batch_stats},
-            f'the last checkpoint (step {meta["step"]})')
+    which = (f'the last checkpoint (step {meta["step"]})' if choice in ('best', 'last')
+             else f'checkpoint {meta["step"]}')
+    return {'params': state.params, 'batch_stats': state.batch_stats}, which
 
   def final_evaluation(self) -> dict:
-    """config.eval.split, plain and re-ranked, into WORKDIR/results.json, a table and a picture."""
+    """config.eval.split, plain and re-ranked, into WORKDIR/results.json (results_<split>.json for
+    another split, results_<split>_<checkpoint>.json for another checkpoint), a table and a
+    picture."""
     config, split = self.config, self.config.eval.split
     variables, which = self.evaluation_variables()
     start = time.time()
@@ -414,10 +429,12 @@ class Trainer:
     reports.say(f'R1 has a standard error of {metrics["R1_stderr"]:.2f} over the {people} people '
                 'of this split: another split of as many would move it by about that.')
     if jax.process_index() == 0:
-      save_results(self.workdir, metrics, {'split': split, 'evaluated': which,
-                                           'eval_seconds': round(seconds, 1)})
+      other = '' if config.eval.checkpoint == 'best' else f'_{config.eval.checkpoint}'
+      name = 'results.json' if (split, other) == ('test', '') else f'results_{split}{other}.json'
+      save_results(os.path.join(self.workdir, name), metrics,
+                   {'split': split, 'evaluated': which, 'eval_seconds': round(seconds, 1)})
       reports.retrieval_picture(
-          os.path.join(self.workdir, f'retrieval_{split}.png'), result['similarity'],
+          os.path.join(self.workdir, f'retrieval_{split}{other}.png'), result['similarity'],
           result['queries']['text'], result['queries']['person_id'],
           result['gallery']['file_path'], result['gallery']['person_id'],
           os.path.join(builders.manual_dir(config.data), 'imgs'))
@@ -497,9 +514,8 @@ def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, pipeline.Data
                                       saved.get('tagger', ''))
 
 
-def save_results(workdir: str, metrics: dict, extra: dict | None = None):
-  """WORKDIR/results.json: R1, R5, R10, mAP, mINP (and the rest), atomically."""
-  path = os.path.join(workdir, 'results.json')
+def save_results(path: str, metrics: dict, extra: dict | None = None):
+  """R1, R5, R10, mAP, mINP (and the rest) into the json file `path`, atomically."""
   with open(path + '.tmp', 'w') as f:
     json.dump(metrics | (extra or {}), f, indent=2)
   os.replace(path + '.tmp', path)

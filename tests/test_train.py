@@ -282,6 +282,33 @@ print(json.dumps(train.evaluate_workdir(config, {workdir!r})))
 """
 
 
+def test_eval_checkpoint_picks_a_kept_step_into_its_own_results_file(tiny_dataset, tmp_path):
+  config = tiny_train_config(tiny_dataset[0])
+  config.train.stage1_epochs, config.train.stage2_epochs, config.train.checkpoint_every_steps = 1, 0, 4
+  with train.Trainer(config, str(tmp_path)) as trainer:
+    trainer.train()
+    steps = sorted(trainer.checkpoints.all_steps())
+    saved = {step: _leaves(trainer.read(step)[0].params) for step in (steps[0], steps[-1])}
+  assert any(not np.array_equal(saved[steps[0]][k], saved[steps[-1]][k]) for k in saved[steps[0]])
+  for choice, which, step in (('last', f'the last checkpoint (step {steps[-1]})', steps[-1]),
+                              (str(steps[0]), f'checkpoint {steps[0]}', steps[0])):
+    config.eval.checkpoint = choice
+    with train.Trainer(config, str(tmp_path)) as trainer:
+      variables, got = trainer.evaluation_variables()
+      assert got == which
+      for key, value in _leaves(variables['params']).items():
+        np.testing.assert_array_equal(value, saved[step][key])
+  with train.Trainer(config, str(tmp_path)) as trainer:
+    trainer.final_evaluation()
+  with open(tmp_path / f'results_test_{steps[0]}.json') as f:
+    assert json.load(f)['evaluated'] == f'checkpoint {steps[0]}'
+  assert os.path.isfile(tmp_path / f'retrieval_test_{steps[0]}.png')
+  assert not os.path.exists(tmp_path / 'results.json')  # the best checkpoint's file is its own
+  config.eval.checkpoint = '7'
+  with pytest.raises(UserError, match=f"checkpoint='7': best, last or a step kept in .*{steps[0]}"):
+    train.evaluate_workdir(config, str(tmp_path))
+
+
 @pytest.mark.slow
 def test_eval_from_checkpoint_in_a_fresh_process_on_two_devices(tiny_dataset, tmp_path):
   config = tiny_train_config(tiny_dataset[0])

@@ -71,7 +71,7 @@ class DSSL(nn.Module):
                         f"{k.phrases!r}")
       self.backbone, self.text = clip.encoders(k, dtype)
     elif c.backbone == 'resnet':
-      self.backbone = ResNet(c.depth, c.width, dtype)
+      self.backbone = ResNet(c.depth, c.width, dtype, c.zero_init_residual)
       self.text = TextEncoder(self.vocab_size, c.word_dim, p // 2, dtype)
     else:
       raise UserError(f"config.model.backbone must be 'resnet' or 'clip', got {c.backbone!r}")

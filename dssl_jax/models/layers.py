@@ -62,11 +62,12 @@ class BatchNorm(nn.Module):
   momentum: float = 0.9  # flax convention: PyTorch's momentum 0.1
   epsilon: float = 1e-5
   dtype: jnp.dtype = jnp.float32
+  scale_init: nn.initializers.Initializer = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x):
     channels = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (channels,))
+    scale = self.param('scale', self.scale_init, (channels,))
     bias = self.param('bias', nn.initializers.zeros, (channels,))
     running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (channels,))
     running_var = self.variable('batch_stats', 'var', jnp.ones, (channels,))

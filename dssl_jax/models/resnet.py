@@ -25,6 +25,7 @@ class BasicBlock(nn.Module):
   strides: int
   conv: type
   norm: type
+  last_norm: type  # the residual branch's last
   expansion = 1
 
   @nn.compact
@@ -32,7 +33,7 @@ class BasicBlock(nn.Module):
     out = self.conv(self.filters, (3, 3), (self.strides,) * 2, padding=_pad(3), name='conv1')(x)
     out = nn.relu(self.norm(name='bn1')(out))
     out = self.conv(self.filters, (3, 3), padding=_pad(3), name='conv2')(out)
-    out = self.norm(name='bn2')(out)
+    out = self.last_norm(name='bn2')(out)
     return nn.relu(out + _shortcut(self, x, self.filters))
 
 
@@ -41,6 +42,7 @@ class Bottleneck(nn.Module):
   strides: int
   conv: type
   norm: type
+  last_norm: type
   expansion = 4
 
   @nn.compact
@@ -48,7 +50,7 @@ class Bottleneck(nn.Module):
     out = nn.relu(self.norm(name='bn1')(self.conv(self.filters, (1, 1), name='conv1')(x)))
     out = self.conv(self.filters, (3, 3), (self.strides,) * 2, padding=_pad(3), name='conv2')(out)
     out = nn.relu(self.norm(name='bn2')(out))
-    out = self.norm(name='bn3')(self.conv(self.filters * 4, (1, 1), name='conv3')(out))
+    out = self.last_norm(name='bn3')(self.conv(self.filters * 4, (1, 1), name='conv3')(out))
     return nn.relu(out + _shortcut(self, x, self.filters * 4))
 
 
@@ -60,10 +62,13 @@ def _shortcut(block, x, out_features):
 
 
 class ResNet(nn.Module):
-  """`depth` in STAGES; `width` 64 is torchvision's, smaller widths make small models."""
+  """`depth` in STAGES; `width` 64 is torchvision's, smaller widths make small models.
+  zero_init_residual: each residual branch's last BN scale starts at 0, so every block starts as
+  the identity (torchvision's option of that name; Goyal et al. 2017), for training from scratch."""
   depth: int = 50
   width: int = 64
   dtype: jnp.dtype = jnp.float32
+  zero_init_residual: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -71,12 +76,14 @@ class ResNet(nn.Module):
     block = Bottleneck if kind == 'bottleneck' else BasicBlock
     conv = functools.partial(layers.Conv, dtype=self.dtype)
     norm = functools.partial(layers.BatchNorm, use_running_average=not train, dtype=self.dtype)
+    last_norm = (functools.partial(norm, scale_init=nn.initializers.zeros)
+                 if self.zero_init_residual else norm)
     x = conv(self.width, (7, 7), (2, 2), padding=_pad(7), name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))
     x = layers.max_pool_3x3(x)
     for i, blocks in enumerate(stages):
       for j in range(blocks):
-        x = block(self.width * 2**i, 2 if (j == 0 and i > 0) else 1, conv, norm,
+        x = block(self.width * 2**i, 2 if (j == 0 and i > 0) else 1, conv, norm, last_norm,
                   name=f'layer{i + 1}_{j}')(x)
     return x
 

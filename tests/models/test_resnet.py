@@ -1,4 +1,5 @@
 """Our ResNet with converted torchvision weights gives torchvision's feature map."""
+import jax
 import numpy as np
 import pytest
 import torch
@@ -102,3 +103,20 @@ def test_training_step_matches_torchvision(tmp_path):
   assert_close(stats['layer3_1']['bn2']['var'], reference.layer3[1].bn2.running_var.numpy(),
                'layer3_1.bn2 running var')
   assert_close(stats['bn1']['mean'], reference.bn1.running_mean.numpy(), 'bn1 running mean')
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_zero_init_residual_starts_every_block_as_the_identity(depth):
+  """torchvision's zero_init_residual: the branch's last BN scale is 0, so a block without a
+  downsample passes its (non-negative, post-ReLU) input through unchanged."""
+  x = np.random.default_rng(0).normal(size=(2, 64, 32, 3)).astype(np.float32)
+  for zero in (True, False):
+    model = ResNet(depth, 8, zero_init_residual=zero)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    _, inner = model.apply(variables, x, train=True, capture_intermediates=True,
+                           mutable=['batch_stats', 'intermediates'])
+    block_in = inner['intermediates']['layer2_0']['__call__'][0]  # layer2_1's input
+    block_out = inner['intermediates']['layer2_1']['__call__'][0]
+    assert np.allclose(block_out, block_in) == zero
+    last = 'bn3' if depth == 50 else 'bn2'
+    assert (np.asarray(variables['params']['layer3_1'][last]['scale']) == 0).all() == zero
