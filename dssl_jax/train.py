@@ -425,9 +425,8 @@ class Trainer:
                 + (f'; {unmatched} queries whose person has no gallery image were left out'
                    if unmatched else '') + ':')
     reports.say(reports.metrics_table(rows))
-    people = len(np.unique(result['queries']['person_id']))
-    reports.say(f'R1 has a standard error of {metrics["R1_stderr"]:.2f} over the {people} people '
-                'of this split: another split of as many would move it by about that.')
+    reports.say(f'R1 has a standard error of {metrics["R1_stderr"]:.2f} over this split\'s '
+                'people: another split of as many would move it by about that.')
     if jax.process_index() == 0:
       other = '' if config.eval.checkpoint == 'best' else f'_{config.eval.checkpoint}'
       name = 'results.json' if (split, other) == ('test', '') else f'results_{split}{other}.json'
