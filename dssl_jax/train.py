@@ -29,6 +29,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from configs import base as base_config
 from dssl_jax import evaluate, losses, reports, weights
 from dssl_jax.data import builders, pipeline
 from dssl_jax.errors import UserError
@@ -498,6 +499,21 @@ def _orbax_quiet():
     logging.set_verbosity(verbosity)
 
 
+def _fill_missing(saved: dict, defaults: dict, prefix: str = '') -> list[str]:
+  """Adds to `saved` (in place) the keys of `defaults` it lacks; returns their dotted names.
+
+  A new option defaults to the behaviour before it existed, so a workdir trained before it reads
+  as what it was trained with."""
+  added = []
+  for key, default in defaults.items():
+    if key not in saved:
+      saved[key] = default
+      added.append(prefix + key)
+    elif isinstance(default, dict) and isinstance(saved[key], dict):
+      added += _fill_missing(saved[key], default, f'{prefix}{key}.')
+  return added
+
+
 def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, pipeline.DatasetMeta]:
   """The config and the vocabulary a run was trained with, from its workdir alone."""
   paths = [os.path.join(workdir, name) for name in ('config.json', META_FILE)]
@@ -505,12 +521,16 @@ def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, pipeline.Data
   if missing:
     raise UserError(f'{missing[0]} not found: --workdir must be a trained dssl_jax workdir')
   with open(paths[0]) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  config.data.image_size = tuple(config.data.image_size)
-  with open(paths[1]) as f:
     saved = json.load(f)
-  return config, pipeline.DatasetMeta(saved['vocabulary'], saved['num_train_identities'], {}, (),
-                                      saved.get('tagger', ''))
+  added = _fill_missing(saved, base_config.get_config().to_dict())
+  if added:
+    logging.warning(f'{paths[0]} predates {", ".join(added)}: using the defaults of configs/base.py')
+  saved['data']['image_size'] = tuple(saved['data']['image_size'])  # json made it a list
+  config = ml_collections.ConfigDict(saved)
+  with open(paths[1]) as f:
+    meta = json.load(f)
+  return config, pipeline.DatasetMeta(meta['vocabulary'], meta['num_train_identities'], {}, (),
+                                      meta.get('tagger', ''))
 
 
 def save_results(path: str, metrics: dict, extra: dict | None = None):

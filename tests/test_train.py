@@ -330,6 +330,21 @@ def test_eval_from_checkpoint_in_a_fresh_process_on_two_devices(tiny_dataset, tm
     assert fresh['rerank'][key] == pytest.approx(in_process['rerank'][key], abs=1e-6), key
 
 
+def test_a_workdir_saved_before_an_option_existed_loads_with_its_default(tmp_path):
+  config = base.get_config()
+  config.model.width = 8
+  saved = config.to_dict()
+  del saved['model']['zero_init_residual'], saved['eval']['checkpoint']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  (tmp_path / train.META_FILE).write_text(json.dumps({'vocabulary': ['<pad>', 'red'],
+                                                      'num_train_identities': 3}))
+  loaded, meta = train.load_workdir(str(tmp_path))
+  assert loaded.model.zero_init_residual == base.get_config().model.zero_init_residual
+  assert loaded.eval.checkpoint == 'best'
+  assert loaded.model.width == 8 and loaded.data.image_size == tuple(config.data.image_size)
+  assert meta.vocabulary == ['<pad>', 'red'] and meta.num_train_identities == 3
+
+
 def test_eval_without_checkpoint_or_with_another_model_is_one_clear_error(tiny_dataset,
                                                                           tmp_path):
   config = tiny_train_config(tiny_dataset[0])
