@@ -66,7 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   loss.align4 = True  # CA(T_P, V_L) <-> T_P (eq. 13)
   loss.align5 = True  # CA(V_P, T_L) <-> V_P (eq. 14)
   loss.mec = True  # Table 2: mutual exclusion constraint (eq. 6)
-  loss.mec_form = 'cosine'  # cosine: scale-free, over unit rows | literal: ||P^T S|| as printed
+  # squared_cosine: mean cos(V_P^i, V_S^j)^2, scale-free | cosine: its root, which pushes at full
+  # strength however small the overlap | literal: ||P^T S|| as printed (losses.mec_loss)
+  loss.mec_form = 'squared_cosine'
   loss.mec_weight = 1.0
   loss.sdm = 'rank'  # Table 5: rank | euclidean reconstruction loss (eq. 2)
   loss.sdm_phrases = 'sum'  # eq. 2's phrase slots: sum (as printed) | mean (over slots in use)

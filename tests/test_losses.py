@@ -53,9 +53,9 @@ def test_mec_and_id_loss_formulas():
   rng = np.random.default_rng(1)
   p, s = rng.normal(size=(2, 6, 9))
   np.testing.assert_allclose(losses.mec_loss(p, s, 'literal'), np.linalg.norm(p.T @ s), rtol=1e-5)
-  cosines = [_cos(a, b) for a in p for b in s]
-  np.testing.assert_allclose(losses.mec_loss(p, s, 'cosine'), np.sqrt(np.mean(np.square(cosines))),
-                             rtol=1e-5)
+  mean_square = np.mean(np.square([_cos(a, b) for a in p for b in s]))
+  np.testing.assert_allclose(losses.mec_loss(p, s, 'squared_cosine'), mean_square, rtol=1e-5)
+  np.testing.assert_allclose(losses.mec_loss(p, s, 'cosine'), np.sqrt(mean_square), rtol=1e-5)
   logits, labels = rng.normal(size=(4, 5)), np.array([0, 3, 3, 1])
   log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
   np.testing.assert_allclose(losses.id_loss(logits, labels),
@@ -66,18 +66,34 @@ def test_mec_forms_on_hand_built_features():
   rng = np.random.default_rng(5)
   person = np.zeros((4, 8)); person[:, :4] = rng.normal(size=(4, 4))  # person: coordinates 0-3
   surroundings = np.zeros((4, 8)); surroundings[:, 4:] = rng.normal(size=(4, 4))  # 4-7
-  assert losses.mec_loss(person, surroundings, 'cosine') < 1e-5  # orthogonal -> 0
   row_scales = rng.uniform(0.01, 100, size=(4, 1))
   mixed = person + 0.5 * np.roll(surroundings, 1, axis=0)  # shares directions with S
-  cosine = losses.mec_loss(mixed, surroundings, 'cosine')
-  assert 0.05 < cosine <= 1
-  np.testing.assert_allclose(losses.mec_loss(row_scales * mixed, 3 * surroundings, 'cosine'),
-                             cosine, rtol=1e-5)  # scale-free
+  for form in ('squared_cosine', 'cosine'):
+    assert losses.mec_loss(person, surroundings, form) < 1e-5  # orthogonal -> 0
+    value = losses.mec_loss(mixed, surroundings, form)
+    assert 0.01 < value <= 1
+    np.testing.assert_allclose(losses.mec_loss(row_scales * mixed, 3 * surroundings, form),
+                               value, rtol=1e-5)  # scale-free
   literal = losses.mec_loss(mixed, surroundings, 'literal')
   np.testing.assert_allclose(losses.mec_loss(0.1 * mixed, surroundings, 'literal'), 0.1 * literal,
                              rtol=1e-5)  # eq. 6 as printed: met by shrinking the features
   with pytest.raises(UserError, match='mec_form'):
     losses.mec_loss(person, surroundings, 'frobenius')
+
+
+def test_squared_cosine_mec_pull_fades_with_the_overlap_and_the_root_does_not():
+  """Why squared_cosine is the default: its gradient shrinks with the cosines, the root's not."""
+  rng = np.random.default_rng(7)
+  surroundings = rng.normal(size=(8, 16))
+  person = rng.normal(size=(8, 16))
+  person -= (person @ np.linalg.pinv(surroundings)) @ surroundings  # orthogonal to every V_S^j
+
+  def pull(form, overlap):
+    grad = jax.grad(lambda p: losses.mec_loss(p, surroundings, form))(person + overlap * surroundings)
+    return float(np.linalg.norm(grad))
+
+  assert pull('squared_cosine', 1e-3) < 0.01 * pull('squared_cosine', 0.3)
+  assert pull('cosine', 1e-3) > 0.3 * pull('cosine', 0.3)
 
 
 def _train_features(config, batch_size=4):
@@ -117,7 +133,8 @@ def test_separation_stats_and_mec_weight():
   np.testing.assert_allclose(stats['abs_cos_V_P_V_S'], np.mean(
       [abs(_cos(np.asarray(a), np.asarray(b))) for a, b in zip(f['V_P'], f['V_S'])]), rtol=1e-5)
   mec = losses.stage2_loss(f, batch, config)[1]['mec']
-  np.testing.assert_allclose(mec, losses.mec_loss(f['V_P'], f['V_S'], 'cosine'), rtol=1e-6)
+  np.testing.assert_allclose(mec, losses.mec_loss(f['V_P'], f['V_S'], 'squared_cosine'),
+                             rtol=1e-6)
   np.testing.assert_allclose(
       losses.stage2_loss(f, batch, _override(config, 'loss.mec_weight', 3.0))[1]['mec'], 3 * mec,
       rtol=1e-6)
