@@ -242,7 +242,9 @@ def test_three_steps_are_the_same_on_one_device_and_on_several(devices, processe
   same loss, same parameters, on the same global batches."""
   result = _steps(tiny_dataset[0], str(tmp_path), devices, processes)
   assert result['loss'] == pytest.approx(one_device_steps['loss'], rel=1e-5)
-  np.testing.assert_allclose(result['params'], one_device_steps['params'], rtol=1e-5)
+  # Adam divides by sqrt(v) + eps, so an element whose gradient is near 0 turns float order into
+  # a visible step: the stem's BN bias (|x| summed: 0.018) moved by 3.6e-5 between 1 and 2 devices.
+  np.testing.assert_allclose(result['params'], one_device_steps['params'], rtol=1e-5, atol=1e-4)
 
 
 _TWO_MANAGERS = """
