@@ -68,12 +68,14 @@ def test_mec_forms_on_hand_built_features():
   surroundings = np.zeros((4, 8)); surroundings[:, 4:] = rng.normal(size=(4, 4))  # 4-7
   row_scales = rng.uniform(0.01, 100, size=(4, 1))
   mixed = person + 0.5 * np.roll(surroundings, 1, axis=0)  # shares directions with S
+  cosine = losses.mec_loss(mixed, surroundings, 'cosine')
+  assert 0.05 < cosine <= 1
+  np.testing.assert_allclose(losses.mec_loss(mixed, surroundings, 'squared_cosine'), cosine ** 2,
+                             rtol=1e-5)
   for form in ('squared_cosine', 'cosine'):
     assert losses.mec_loss(person, surroundings, form) < 1e-5  # orthogonal -> 0
-    value = losses.mec_loss(mixed, surroundings, form)
-    assert 0.01 < value <= 1
     np.testing.assert_allclose(losses.mec_loss(row_scales * mixed, 3 * surroundings, form),
-                               value, rtol=1e-5)  # scale-free
+                               losses.mec_loss(mixed, surroundings, form), rtol=1e-5)  # scale-free
   literal = losses.mec_loss(mixed, surroundings, 'literal')
   np.testing.assert_allclose(losses.mec_loss(0.1 * mixed, surroundings, 'literal'), 0.1 * literal,
                              rtol=1e-5)  # eq. 6 as printed: met by shrinking the features
@@ -89,8 +91,8 @@ def test_squared_cosine_mec_pull_fades_with_the_overlap_and_the_root_does_not():
   person -= (person @ np.linalg.pinv(surroundings)) @ surroundings  # orthogonal to every V_S^j
 
   def pull(form, overlap):
-    grad = jax.grad(lambda p: losses.mec_loss(p, surroundings, form))(person + overlap * surroundings)
-    return float(np.linalg.norm(grad))
+    mec = lambda p: losses.mec_loss(p, surroundings, form)
+    return float(np.linalg.norm(jax.grad(mec)(person + overlap * surroundings)))
 
   assert pull('squared_cosine', 1e-3) < 0.01 * pull('squared_cosine', 0.3)
   assert pull('cosine', 1e-3) > 0.3 * pull('cosine', 0.3)
