@@ -13,14 +13,18 @@ def get_config() -> ml_collections.ConfigDict:
   data.name = 'cuhk_pedes'  # cuhk_pedes | icfg_pedes | rstp_reid | synthetic
   data.manual_dir = ''  # the raw dataset folder as published (annotation json + imgs/)
   data.data_dir = ''  # where TFDS writes the built dataset ('' = ~/tensorflow_datasets)
-  data.tagger = 'auto'  # auto | perceptron | lexicon (see dssl_jax/data/captions.py)
+  # noun phrases' POS tagger: perceptron (NLTK's, the paper's; a download) | lexicon (built in,
+  # other phrases) | auto (perceptron if installed) (dssl_jax/data/captions.py)
+  data.tagger = 'perceptron'
   data.max_phrases = 26  # n <= 26 noun phrases per sentence
   data.min_word_count = 2  # vocabulary: train words seen at least twice
   data.strict = False  # stop at the first bad entry instead of skipping it
   data.image_size = (384, 128)  # height, width
   data.max_words = 64  # sentence length after truncation (CLIP: BPE tokens, start/end included)
   data.max_phrase_words = 8  # phrase length after truncation (CLIP separate: BPE tokens, as above)
-  data.flip = True  # random horizontal flip for training
+  # training only, in this order: flip (horizontal) | crop (pad 10, random crop back) | erase
+  # (random erasing, p = 0.5). The paper names no augmentation: its configs keep the flip.
+  data.augment = ('flip',)
   data.shuffle_buffer = 4096
   data.cache_decoded = False  # keep decoded, resized uint8 images in memory (small datasets)
   data.synthetic = ml_collections.ConfigDict(  # split_fractions: of the identities, train/val/test
@@ -44,6 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.spsm_spfm = True  # Table 2: surroundings-person separation and fusion
   model.sam = True  # Table 2: salient attention module
   model.sdm = True  # Table 2: signal denoising module
+  model.spfm = True  # surroundings-person fusion (Align II's V_R and its ID term); needs SPSM
+  model.pdm = True  # person describing module (Align III's T_R and its ID term)
   model.sdm_zero_ratio = 0.5  # Table 4: r
   model.sdm_hidden = 0  # width of SDM's code (not given by the paper; 0 = p / 2)
   model.sdm_zeroing = 'loss'  # eq. 1's zeroing reaches: loss (eq. 2 only) | features (all uses)
@@ -59,6 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.margin = 0.2  # alpha of the ranking loss (eq. 3)
+  # eq. 3 (and eq. 2's rank terms) over the batch: sum (as printed) | mean (over anchors)
+  loss.rank_reduction = 'sum'
   loss.align1 = True  # Table 1: V_P <-> T_P (eq. 5)
   loss.align2 = True  # V_G <-> V_R (eq. 8)
   loss.align2_surroundings = 'gallery'  # V_R for image i, text j: gallery (V_S^i) | own (V_S^j)
@@ -101,8 +109,11 @@ def get_config() -> ml_collections.ConfigDict:
   # best: the best on val (else the last) | last | a step kept in WORKDIR/checkpoints/, e.g. '900'
   ev.checkpoint = 'best'
   ev.batch_size = 64
-  ev.lambda1 = 0.5  # Sim_TI weight of the CA term with visual parts
-  ev.lambda2 = 0.5  # Sim_TI weight of the CA term with textual phrases
+  # Sim_TI's weights of the CA terms with visual parts (lambda1) and textual phrases (lambda2);
+  # None: the paper's 0.5 where Align IV (lambda1) or Align V (lambda2) trained the term, else 0
+  # (dssl_jax/evaluate.py, sim_ti_weights)
+  ev.lambda1 = ml_collections.config_dict.placeholder(float)
+  ev.lambda2 = ml_collections.config_dict.placeholder(float)
   ev.image_to_text = False  # also rank the captions for each image (under 'image_to_text')
   ev.rerank = True  # also report cross-modal re-ranking (DSSL + RR, Table 6)
   ev.rerank_k1 = 10  # images re-ordered per query (not given by the paper)

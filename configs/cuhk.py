@@ -1,4 +1,7 @@
-"""CUHK-PEDES with the paper's settings."""
+"""CUHK-PEDES with the paper's settings.
+
+The paper names no augmentation: training flips only (base config.data.augment = ('flip',)).
+"""
 from configs import base
 
 

@@ -4,8 +4,9 @@ the tokenizer's merges file comes with open_clip): DSSL's heads and losses uncha
 The schedule is IRRA's for this backbone (Jiang and Ye, CVPR 2023; its utils/options.py): Adam,
 learning rate 1e-5 for the CLIP encoders and 5x that (5e-5) for the modules it adds, biases at 2x
 without weight decay, weight decay 4e-5 elsewhere, 5 warm-up epochs from 0.1x, then a cosine to 0;
-60 epochs of batch 128, 384x128 images, 77 text tokens. DSSL's stage 1 (heads only, encoders
-frozen) stays, shortened to 5 epochs; IRRA's 60 epochs are stage 2.
+60 epochs of batch 128, 384x128 images, 77 text tokens; flip, pad-and-crop and random erasing.
+DSSL's stage 1 (heads only, encoders frozen) stays, shortened to 5 epochs; IRRA's 60 epochs are
+stage 2.
 """
 from configs import base
 
@@ -14,6 +15,7 @@ def get_config():
   config = base.get_config()
   config.data.name = 'cuhk_pedes'
   config.data.max_words = 77
+  config.data.augment = ('flip', 'crop', 'erase')  # IRRA's (its datasets/build.py transforms)
   config.model.backbone = 'clip'
   config.model.embed_dim = 1024
   t = config.train

@@ -1,4 +1,7 @@
-"""ICFG-PEDES (no val split: the last checkpoint is the one evaluated)."""
+"""ICFG-PEDES (no val split: the last checkpoint is the one evaluated).
+
+The paper names no augmentation: training flips only (base config.data.augment = ('flip',)).
+"""
 from configs import base
 
 

@@ -1,4 +1,7 @@
-"""RSTPReid with the paper's settings."""
+"""RSTPReid with the paper's settings.
+
+The paper names no augmentation: training flips only (base config.data.augment = ('flip',)).
+"""
 from configs import base
 
 

@@ -12,8 +12,8 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ notices
 
 # jaxlib 0.10.2 sends every CPU convolution to YNNPACK, slow for kernel gradients; this flag keeps
-# the training step ~2x faster on CPU (DESIGN.md) and does nothing elsewhere. XLA aborts on a flag
-# it does not know, so it is set only for the jaxlib it was checked with.
+# the training step ~2x faster on CPU (docs/design.md) and does nothing elsewhere. XLA aborts on a
+# flag it does not know, so it is set only for the jaxlib it was checked with.
 CPU_CONVOLUTION_FLAG = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 CPU_CONVOLUTION_FLAG_JAXLIB = '0.10.2'
 

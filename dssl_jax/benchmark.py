@@ -249,8 +249,8 @@ def bench_eval(config, batch_size: int, reps: int):
   queries = {'T_P': rng.normal(size=(FLAGS.queries, p)).astype(np.float32),
              'T_L': rng.normal(size=(FLAGS.queries, n, p)).astype(np.float32),
              'phrase_valid': np.arange(n) < rng.integers(1, n + 1, FLAGS.queries)[:, None]}
-  sim_s = median_seconds(lambda: evaluate.similarity(gallery, queries, config.eval.lambda1,
-                                                     config.eval.lambda2), 1)
+  sim_s = median_seconds(lambda: evaluate.similarity(gallery, queries,
+                                                     *evaluate.sim_ti_weights(config)), 1)
   _emit({'what': 'eval_similarity', 'gallery': FLAGS.gallery, 'queries': FLAGS.queries,
          'embed_dim': p, 'similarity_s': round(sim_s, 2)})
 
@@ -365,8 +365,8 @@ def bench_search(config, size: int, shard_size: int = 50_000):
       queries = {'T_P': rng.standard_normal((count, p), np.float32),
                  'T_L': rng.standard_normal((count, n, p), np.float32),
                  'phrase_valid': np.arange(n) < rng.integers(1, n + 1, count)[:, None]}
-      e = config.eval
-      run = lambda m: index_lib.search(index, queries, 10, e.lambda1, e.lambda2, m)
+      weights = evaluate.sim_ti_weights(config)
+      run = lambda m: index_lib.search(index, queries, 10, *weights, m)
       two_stage = median_seconds(lambda: run(FLAGS.candidates), 1)
       exact = median_seconds(lambda: run(None), 1)
       _emit({'what': 'search', 'index_size': size, 'queries': count, 'embed_dim': p,

@@ -1,7 +1,8 @@
 """Evaluation: encode gallery and queries, the test similarity Sim_TI, and the field's metrics.
 
-Sim_TI (the paper gives lambda1 = lambda2 = 0.5, not the formula; DESIGN.md's reading):
-  cos(V_P, T_P) + l1 * cos(CA(T_P, V_L), T_P) + l2 * cos(CA(V_P, T_L), V_P).
+Sim_TI (the paper gives lambda1 = lambda2 = 0.5, not the formula; docs/design.md's reading):
+  cos(V_P, T_P) + l1 * cos(CA(T_P, V_L), T_P) + l2 * cos(CA(V_P, T_L), V_P),
+with a CA term left out (weight 0) where the run trained none of its heads (`sim_ti_weights`).
 The pair-dependent CA terms are computed in chunks of queries, from Gram matrices (no [Q, G, p]
 tensor), so a CUHK-PEDES-sized test set fits in a few GB.
 """
@@ -19,6 +20,7 @@ import tqdm
 from dssl_jax import ranking, rerank
 from dssl_jax.models.heads import cross_attention_similarity, l2_normalize, part_gram
 
+PAPER_LAMBDA = 0.5  # lambda1 = lambda2 (section 4.1.2)
 GALLERY_FEATURES = ('V_P', 'V_L')
 QUERY_FEATURES = ('T_P', 'T_L', 'phrase_valid')
 
@@ -82,6 +84,24 @@ def stderr_over_people(values: np.ndarray, people: np.ndarray) -> float:
     return 0.0
   residual_sums = np.bincount(cluster, values - values.mean(), minlength=count)
   return float(np.sqrt(count / (count - 1) * np.sum(residual_sums ** 2)) / len(values))
+
+
+def sim_ti_weights(config: ml_collections.ConfigDict) -> tuple[float, float]:
+  """(lambda1, lambda2) of Sim_TI for the run `config` describes.
+
+  An unset weight (config.eval.lambda1/2 = None) is the paper's 0.5 where its CA term was trained,
+  else 0: only Align IV (eq. 13) trains the visual parts V_L (image_local, SAM) to match a text,
+  and only Align V (eq. 14) trains the phrases T_L to match an image (SDM's eq. 2 trains them to
+  reconstruct M_T, not to match); the baseline trains neither. A random head would add noise to
+  exactly the ablation rows of Table 1 that turn those aligns off. A weight set explicitly is used
+  as given.
+  """
+  e, loss, baseline = config.eval, config.loss, config.model.baseline
+  def weight(value, trained: bool) -> float:
+    if value is None:
+      return PAPER_LAMBDA if trained and not baseline else 0.0
+    return float(value)
+  return weight(e.lambda1, loss.align4), weight(e.lambda2, loss.align5)
 
 
 @functools.partial(jax.jit, static_argnames=('lambda1', 'lambda2'))
@@ -191,7 +211,7 @@ class Encoder:
 def evaluate(encoder: Encoder, variables, config: ml_collections.ConfigDict, meta,
              split: str) -> dict:
   """Metrics of `split` (and the features and similarity, for pictures and re-ranking), with the
-  seconds each stage took."""
+  seconds each stage took. Sim_TI's weights are `sim_ti_weights(config)`."""
   from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   index, count = jax.process_index(), jax.process_count()
   seconds = {}
@@ -207,7 +227,7 @@ def evaluate(encoder: Encoder, variables, config: ml_collections.ConfigDict, met
       variables, pipeline.queries(config, meta, split, index, count), kept.get('captions')))
   sim = timed('similarity', lambda: similarity(
       {k: gallery[k] for k in GALLERY_FEATURES}, {k: queries[k] for k in QUERY_FEATURES},
-      config.eval.lambda1, config.eval.lambda2))
+      *sim_ti_weights(config)))
   metrics = timed('metrics', lambda: retrieval_metrics(sim, queries['person_id'],
                                                        gallery['person_id']))
   return {'metrics': metrics, 'similarity': sim, 'gallery': gallery, 'queries': queries,

@@ -1,9 +1,12 @@
 """The paper's losses (eq. 2, 3, 6, 13-21) as pure functions of the model's features.
 
-Batch reduction (the paper leaves it open): each anchor's ranking loss is summed over all its
-in-batch negatives (VSE0, eq. 3), and anchors are averaged, like the per-sample ID loss. Pairs of
-the same person are never negatives.
+Batch reduction of the ranking loss (config.loss.rank_reduction): eq. 3 sums the hinge over every
+matched pair and each of its in-batch negatives (VSE0); 'sum' keeps that sum over the whole batch
+as printed, 'mean' averages it over anchors like the per-sample ID loss (1/B of the printed weight
+against the ID terms). Pairs of the same person are never negatives.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,10 +23,12 @@ def cosine_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def ranking_loss(similarity: jax.Array, person_ids: jax.Array, margin: float,
-                 valid: jax.Array | None = None, same: jax.Array | None = None) -> jax.Array:
-  """eq. 3 on S[i, j] = S(x1_i, x2_j), matched pairs on the diagonal, averaged over anchors.
+                 valid: jax.Array | None = None, same: jax.Array | None = None,
+                 reduction: str = 'sum') -> jax.Array:
+  """eq. 3 on S[i, j] = S(x1_i, x2_j), matched pairs on the diagonal.
 
-  For each matched pair (x1_i, x2_i): hinge over every x2_j (j a negative) and every x1_j.
+  For each matched pair (x1_i, x2_i): hinge over every x2_j (j a negative) and every x1_j, summed
+  over the anchors ('sum', as printed) or averaged over them ('mean').
   `valid` [B] drops entries (padded phrases) as anchors and as negatives; `same` [B, B] marks
   further pairs that are not negatives (identical inputs).
   """
@@ -37,12 +42,17 @@ def ranking_loss(similarity: jax.Array, person_ids: jax.Array, margin: float,
   against_x2 = jnp.where(negative, jax.nn.relu(margin - positive[:, None] + similarity), 0)
   against_x1 = jnp.where(negative, jax.nn.relu(margin - positive[None, :] + similarity), 0)
   per_anchor = against_x2.sum(axis=1) + against_x1.sum(axis=0)
-  return jnp.sum(jnp.where(valid, per_anchor, 0)) / jnp.maximum(valid.sum(), 1)
+  total = jnp.sum(jnp.where(valid, per_anchor, 0))
+  if reduction == 'sum':
+    return total
+  if reduction == 'mean':
+    return total / jnp.maximum(valid.sum(), 1)
+  raise UserError(f"config.loss.rank_reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
-def rank_loss(x1, x2, person_ids, margin) -> jax.Array:
+def rank_loss(x1, x2, person_ids, margin, reduction: str = 'sum') -> jax.Array:
   """L_rank(x1, x2) with cosine similarity (eq. 3)."""
-  return ranking_loss(cosine_matrix(x1, x2), person_ids, margin)
+  return ranking_loss(cosine_matrix(x1, x2), person_ids, margin, reduction=reduction)
 
 
 def id_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -81,12 +91,13 @@ def mec_loss(person: jax.Array, surroundings: jax.Array,
 
 
 def sdm_loss(f: dict, person_ids, margin: float, kind: str, phrases: str = 'sum',
-             same_phrases: jax.Array | None = None) -> jax.Array:
+             same_phrases: jax.Array | None = None, reduction: str = 'sum') -> jax.Array:
   """eq. 2: T_G vs T_P, plus each phrase slot i of M_T vs T_L (padded phrases left out).
 
   T_P and T_L are SDM's outputs from the zeroed input (the '_zeroed' copies where only this loss
   sees the zeroing, config.model.sdm_zeroing = 'loss').
-  kind 'rank' is the paper's; 'euclidean' (Table 5) is the mean squared distance instead.
+  kind 'rank' is the paper's, eq. 3 with the batch `reduction`; 'euclidean' (Table 5) is the
+  mean squared distance instead.
   phrases 'sum' adds the slots' losses as eq. 2 prints; 'mean' averages them over the slots that
   hold a phrase, so the phrase part weighs as much as the sentence part whatever n is.
   same_phrases [B, B, n] (identical_phrases): pairs of a slot that are no negatives.
@@ -94,9 +105,10 @@ def sdm_loss(f: dict, person_ids, margin: float, kind: str, phrases: str = 'sum'
   valid = f['phrase_valid']  # [B, n]
   t_p, t_l = f.get('T_P_zeroed', f['T_P']), f.get('T_L_zeroed', f['T_L'])
   if kind == 'rank':
-    sentence = rank_loss(f['T_G'], t_p, person_ids, margin)
+    sentence = rank_loss(f['T_G'], t_p, person_ids, margin, reduction)
     per_slot = jax.vmap(
-        lambda m, t, v, same: ranking_loss(cosine_matrix(m, t), person_ids, margin, v, same),
+        lambda m, t, v, same: ranking_loss(cosine_matrix(m, t), person_ids, margin, v, same,
+                                           reduction),
         in_axes=(1, 1, 1, 2))(f['M_T'], t_l, valid, same_phrases)
   elif kind == 'euclidean':
     sentence = jnp.mean(jnp.sum((f['T_G'] - t_p)**2, axis=-1))
@@ -187,28 +199,36 @@ def stage2_loss(f: dict, batch: dict, config: ml_collections.ConfigDict) -> tupl
   The baseline (Tables 1-2, first row) is ID on V_G, T_G plus rank(V_G, T_G): a common space.
   """
   switches = dssl.Switches.from_config(config.model)
-  loss, ids, margin = config.loss, batch['person_id'], config.loss.margin
+  loss, ids = config.loss, batch['person_id']
+  rank = functools.partial(rank_loss, person_ids=ids, margin=loss.margin,
+                           reduction=loss.rank_reduction)
+  ranked = functools.partial(ranking_loss, person_ids=ids, margin=loss.margin,
+                             reduction=loss.rank_reduction)
   terms = {f'id_{name}': id_loss(f['logits'][name], batch['label'])
            for name in dssl.id_features(switches)}
   if config.model.baseline:
-    terms['align1'] = rank_loss(f['V_G'], f['T_G'], ids, margin)
+    terms['align1'] = rank(f['V_G'], f['T_G'])
     return sum(terms.values()), terms
   if loss.align1:
-    terms['align1'] = rank_loss(f['V_P'], f['T_P'], ids, margin)
+    terms['align1'] = rank(f['V_P'], f['T_P'])
   if loss.align2 and switches.separation:
+    if not switches.spfm:
+      raise UserError('config.loss.align2 needs config.model.spfm (V_R = SPFM(T_P, V_S), eq. 7)')
     if gallery_surroundings(config):
-      terms['align2'] = ranking_loss(align2_similarity(f), ids, margin)
+      terms['align2'] = ranked(align2_similarity(f))
     else:
-      terms['align2'] = rank_loss(f['V_G'], f['V_R'], ids, margin)
+      terms['align2'] = rank(f['V_G'], f['V_R'])
   if loss.align3:
-    terms['align3'] = rank_loss(f['T_G'], f['T_R'], ids, margin)
+    if not switches.pdm:
+      raise UserError('config.loss.align3 needs config.model.pdm (T_R = PDM(V_P), eq. 9)')
+    terms['align3'] = rank(f['T_G'], f['T_R'])
   if loss.align4:
-    terms['align4'] = ranking_loss(align4_similarity(f), ids, margin)
+    terms['align4'] = ranked(align4_similarity(f))
   if loss.align5:
-    terms['align5'] = ranking_loss(align5_similarity(f), ids, margin)
+    terms['align5'] = ranked(align5_similarity(f))
   if loss.mec and switches.separation:
     terms['mec'] = loss.mec_weight * mec_loss(f['V_P'], f['V_S'], loss.mec_form)
   if switches.sdm:
-    terms['sdm'] = sdm_loss(f, ids, margin, loss.sdm, loss.sdm_phrases,
-                            identical_phrases(batch, config))
+    terms['sdm'] = sdm_loss(f, ids, loss.margin, loss.sdm, loss.sdm_phrases,
+                            identical_phrases(batch, config), loss.rank_reduction)
   return sum(terms.values()), terms

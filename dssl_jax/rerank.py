@@ -1,4 +1,4 @@
-"""Cross-modal re-ranking (the paper's RR, Table 6, after MTFN; DESIGN.md's reading).
+"""Cross-modal re-ranking (the paper's RR, Table 6, after MTFN; docs/design.md's reading).
 
 For each text query: take its top-K1 images; score each by the best rank, in that image's own
 image-to-text list, of any of the query's K_near nearest texts (by text-text similarity, the query

@@ -126,8 +126,7 @@ class Retriever:
 
   def similarity(self, images: dict, texts: dict) -> np.ndarray:
     """Sim_TI [texts, images] of `encode_texts` and `encode_images` outputs (higher: better)."""
-    e = self.config.eval
-    return evaluate.similarity(images, texts, e.lambda1, e.lambda2)
+    return evaluate.similarity(images, texts, *evaluate.sim_ti_weights(self.config))
 
   def build_index(self, images: str, folder: str, shard_size: int = 50_000) -> dict:
     """Encodes every new or changed jpg/png under the folder `images` into the index `folder`;
@@ -146,6 +145,5 @@ class Retriever:
     first. `index`: a folder or `open_index`'s result. candidates=None: Sim_TI of every image."""
     if not isinstance(index, index_lib.Index):
       index = self.open_index(index)
-    e = self.config.eval
-    return index_lib.search(index, self.encode_texts(texts), top, e.lambda1, e.lambda2,
-                            candidates)
+    return index_lib.search(index, self.encode_texts(texts), top,
+                            *evaluate.sim_ti_weights(self.config), candidates)

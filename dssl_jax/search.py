@@ -40,7 +40,7 @@ def main(argv):
     raise app.UsageError('usage: python -m dssl_jax.search index|query|recall --workdir W ...')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
-  from dssl_jax import index as index_lib, reports  # pylint: disable=g-import-not-at-top
+  from dssl_jax import evaluate, index as index_lib, reports  # pylint: disable=g-import-not-at-top
   from dssl_jax.retriever import Retriever  # pylint: disable=g-import-not-at-top
   folder = FLAGS.index or os.path.join(FLAGS.workdir, 'index')
   try:
@@ -61,9 +61,8 @@ def main(argv):
     retriever = Retriever.from_workdir(FLAGS.workdir)
     index = retriever.open_index(folder)
     if argv[1] == 'recall':
-      e = retriever.config.eval
-      shares = index_lib.recall(index, retriever.encode_texts(texts), FLAGS.top, e.lambda1,
-                                e.lambda2)
+      shares = index_lib.recall(index, retriever.encode_texts(texts), FLAGS.top,
+                                *evaluate.sim_ti_weights(retriever.config))
       for m, share in shares.items():
         print(f'{m} candidates: {100 * share:.2f}% of the exact top-{FLAGS.top} of '
               f'{len(texts)} queries')

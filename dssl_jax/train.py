@@ -421,8 +421,10 @@ class Trainer:
       rows['image to text'] = metrics['image_to_text']
     seconds = time.time() - start
     unmatched = metrics['queries_without_match']
+    lambda1, lambda2 = evaluate.sim_ti_weights(config)
     reports.say(f'{split} split, {which}, {metrics["queries"]} queries, '
-                f'{len(result["gallery"]["person_id"])} images ({seconds:.1f}s)'
+                f'{len(result["gallery"]["person_id"])} images, Sim_TI with lambda1 = {lambda1:g}, '
+                f'lambda2 = {lambda2:g} ({seconds:.1f}s)'
                 + (f'; {unmatched} queries whose person has no gallery image were left out'
                    if unmatched else '') + ':')
     reports.say(reports.metrics_table(rows))
@@ -432,7 +434,8 @@ class Trainer:
       other = '' if config.eval.checkpoint == 'best' else f'_{config.eval.checkpoint}'
       name = 'results.json' if (split, other) == ('test', '') else f'results_{split}{other}.json'
       save_results(os.path.join(self.workdir, name), metrics,
-                   {'split': split, 'evaluated': which, 'eval_seconds': round(seconds, 1)})
+                   {'split': split, 'evaluated': which, 'eval_seconds': round(seconds, 1),
+                    'lambda1': lambda1, 'lambda2': lambda2})
       reports.retrieval_picture(
           os.path.join(self.workdir, f'retrieval_{split}{other}.png'), result['similarity'],
           result['queries']['text'], result['queries']['person_id'],
@@ -499,6 +502,10 @@ def _orbax_quiet():
     logging.set_verbosity(verbosity)
 
 
+# What a run did before the option existed, where configs/base.py's default is another.
+BEFORE_THE_OPTION = {'loss.rank_reduction': 'mean'}
+
+
 def _fill_missing(saved: dict, defaults: dict, prefix: str = '') -> list[str]:
   """Adds to `saved` (in place) the keys of `defaults` it lacks; returns their dotted names.
 
@@ -522,9 +529,13 @@ def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, pipeline.Data
     raise UserError(f'{missing[0]} not found: --workdir must be a trained dssl_jax workdir')
   with open(paths[0]) as f:
     saved = json.load(f)
-  added = _fill_missing(saved, base_config.get_config().to_dict())
+  defaults = base_config.get_config().to_dict()
+  for field, value in BEFORE_THE_OPTION.items():
+    section, key = field.split('.')
+    defaults[section][key] = value
+  added = _fill_missing(saved, defaults)
   if added:
-    logging.warning(f'{paths[0]} predates {", ".join(added)}: using the defaults of configs/base.py')
+    logging.warning(f'{paths[0]} predates {", ".join(added)}: using what runs did before them')
   saved['data']['image_size'] = tuple(saved['data']['image_size'])  # json made it a list
   config = ml_collections.ConfigDict(saved)
   with open(paths[1]) as f:

@@ -67,13 +67,22 @@ def train_row(config: ml_collections.ConfigDict, workdir: str):
   train.run(config, workdir, 'train')
 
 
+def sim_ti_weights(runs: list[dict]) -> str:
+  """The Sim_TI weights a row's runs were evaluated with ('' for runs from before they were
+  recorded): an ablation without Align IV or V is scored without the CA term it did not train."""
+  used = sorted({(run['lambda1'], run['lambda2']) for run in runs if 'lambda1' in run})
+  return '; '.join(f'λ1 = {l1:g}, λ2 = {l2:g}' for l1, l2 in used)
+
+
 def write_table(workdir: str, sweep: str, rows: dict) -> str:
   """<sweep>.md and .csv (rows = variants, columns = metrics, mean ± std over seeds; the csv also
   lists every seed's R1) and a bar chart with the spread as error bars; returns the table."""
   from dssl_jax import reports  # pylint: disable=g-import-not-at-top
   summary = {name: reports.mean_and_std(runs) for name, runs in rows.items()}
   seeds = max(len(runs) for runs in rows.values())
-  labelled = {name + (f' ({len(rows[name])} of {seeds} seeds)' if len(rows[name]) < seeds else ''):
+  weights = {name: sim_ti_weights(runs) for name, runs in rows.items()}
+  labelled = {name + (f' [{weights[name]}]' if weights[name] else '')
+              + (f' ({len(rows[name])} of {seeds} seeds)' if len(rows[name]) < seeds else ''):
               cells for name, cells in summary.items()}  # rows still missing seeds say so
   table = reports.metrics_table(labelled)
   stderr = {name: [run['R1_stderr'] for run in runs if 'R1_stderr' in run]  # absent: older runs
@@ -87,11 +96,12 @@ def write_table(workdir: str, sweep: str, rows: dict) -> str:
   with open(os.path.join(workdir, f'{sweep}.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['variant', 'seeds', *reports.METRICS, *(f'{k}_std' for k in reports.METRICS),
-                     'R1_stderr', *(f'R1_run{k}' for k in range(seeds))])
+                     'R1_stderr', 'sim_ti', *(f'R1_run{k}' for k in range(seeds))])
     for name, runs in rows.items():
       writer.writerow([name, len(runs), *(f'{summary[name][k][0]:.2f}' for k in reports.METRICS),
                        *(f'{summary[name][k][1]:.2f}' for k in reports.METRICS),
                        f'{statistics.fmean(stderr[name]):.2f}' if stderr[name] else '',
+                       weights[name],
                        *(f'{run["R1"]:.2f}' for run in runs)])
   reports.bar_chart(labelled, os.path.join(workdir, f'{sweep}.png'), title=sweep)
   return table

@@ -6,7 +6,10 @@ ALIGNS = ('align1', 'align2', 'align3', 'align4', 'align5')
 
 
 def _aligns(*on: int) -> dict:
-  return {f'loss.align{i}': i in on for i in range(1, 6)}
+  """Only the aligns `on`: SPFM (V_R) and PDM (T_R), which serve Align II and III alone, exist
+  only with them, and so do their ID terms."""
+  return {**{f'loss.align{i}': i in on for i in range(1, 6)},
+          'model.spfm': 2 in on, 'model.pdm': 3 in on}
 
 
 SWEEPS = {

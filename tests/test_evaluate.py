@@ -87,3 +87,40 @@ def test_image_to_text_ranks_the_captions_of_each_image():
   # Image 1: captions by score 0 (id 1), 2, 1 -> hit at rank 1. Image 2: 1 (id 2), 2 (id 2), 0.
   assert got['R1'] == 100 and got['queries'] == 2
   assert got['mAP'] == pytest.approx(100 * (1 + (1 + 1) / 2) / 2)
+
+
+def _config(**switches):
+  from configs import synthetic  # pylint: disable=g-import-not-at-top
+  config = synthetic.get_config()
+  for field, value in switches.items():
+    section, name = field.split('__')
+    config[section][name] = value
+  return config
+
+
+@pytest.mark.parametrize('switches, weights', [
+    ({}, (0.5, 0.5)),
+    ({'loss__align4': False}, (0.0, 0.5)),
+    ({'loss__align5': False}, (0.5, 0.0)),
+    ({'loss__align4': False, 'loss__align5': False}, (0.0, 0.0)),
+    ({'model__baseline': True}, (0.0, 0.0)),  # the baseline trains no CA term
+    ({'loss__align4': False, 'eval__lambda1': 0.3}, (0.3, 0.5)),  # set: used as given
+    ({'eval__lambda1': 0.0, 'eval__lambda2': 1.0}, (0.0, 1.0)),
+])
+def test_sim_ti_weights_leave_out_the_ca_terms_a_run_did_not_train(switches, weights):
+  assert evaluate.sim_ti_weights(_config(**switches)) == weights
+
+
+def test_sim_ti_without_align4_and_align5_is_the_person_cosine_alone():
+  rng = np.random.default_rng(5)
+  gallery = {'V_P': rng.normal(size=(9, 8)), 'V_L': rng.normal(size=(9, 3, 8))}
+  queries = {'T_P': rng.normal(size=(5, 8)), 'T_L': rng.normal(size=(5, 4, 8)),
+             'phrase_valid': np.arange(4) < rng.integers(1, 5, 5)[:, None]}
+  cosine = np.array([[a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in gallery['V_P']]
+                     for a in queries['T_P']])
+  untrained = _config(loss__align4=False, loss__align5=False)
+  np.testing.assert_allclose(
+      evaluate.similarity(gallery, queries, *evaluate.sim_ti_weights(untrained)), cosine,
+      rtol=1e-5, atol=1e-6)
+  with_ca = evaluate.similarity(gallery, queries, *evaluate.sim_ti_weights(_config()))
+  assert np.abs(with_ca - cosine).max() > 0.1  # the full model's CA terms are there

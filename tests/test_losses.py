@@ -18,9 +18,9 @@ def _cos(a, b):
   return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
 
 
-def _rank_loop(x1, x2, ids, margin, valid=None, same=None):
+def _rank_loop(x1, x2, ids, margin, valid=None, same=None, reduction='sum'):
   """eq. 3 pair by pair: each valid matched pair against its valid negatives (another person,
-  not marked `same`), averaged."""
+  not marked `same`), summed over the batch (or averaged over the anchors)."""
   n = len(x1)
   valid = np.ones(n, bool) if valid is None else valid
   same = np.zeros((n, n), bool) if same is None else same
@@ -33,7 +33,7 @@ def _rank_loop(x1, x2, ids, margin, valid=None, same=None):
       if valid[j] and ids[j] != ids[i] and not same[i, j]:
         total += max(0, margin - _cos(x1[i], x2[i]) + _cos(x1[i], x2[j]))
         total += max(0, margin - _cos(x1[i], x2[i]) + _cos(x1[j], x2[i]))
-  return total / max(anchors, 1)
+  return total if reduction == 'sum' else total / max(anchors, 1)
 
 
 def test_ranking_loss_matches_a_loop_over_pairs():
@@ -47,6 +47,25 @@ def test_ranking_loss_matches_a_loop_over_pairs():
       losses.ranking_loss(losses.cosine_matrix(x1, x2), ids, 0.2, valid),
       _rank_loop(x1, x2, ids, 0.2, valid), rtol=1e-5)
   assert losses.rank_loss(x1, x1, np.zeros(7), 0.2) == 0  # no negatives at all
+  np.testing.assert_allclose(losses.rank_loss(x1, x2, ids, 0.2, 'mean'),
+                             _rank_loop(x1, x2, ids, 0.2, reduction='mean'), rtol=1e-5)
+  with pytest.raises(UserError, match='config.loss.rank_reduction'):
+    losses.rank_loss(x1, x2, ids, 0.2, 'max')
+
+
+def test_summed_ranking_loss_is_the_sum_of_every_hinge_term():
+  """eq. 3 as printed, written out for 3 pairs of 3 people: both directions of every pair."""
+  x1 = np.array([[1., 0.], [0., 1.], [1., 1.]])
+  x2 = np.array([[1., 0.2], [0.3, 1.], [-1., 1.]])
+  s = np.array([[_cos(a, b) for b in x2] for a in x1])  # s[i, j] = cos(x1_i, x2_j)
+  hinge = lambda value: max(0.0, value)
+  want = sum(hinge(0.2 - s[i, i] + s[i, j]) + hinge(0.2 - s[i, i] + s[j, i])
+             for i in range(3) for j in range(3) if j != i)
+  got = losses.rank_loss(x1, x2, np.array([0, 1, 2]), 0.2, 'sum')
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert want > 0.5  # some hinge terms are active, so a mean (want / 3) cannot pass
+  np.testing.assert_allclose(losses.rank_loss(x1, x2, np.array([0, 1, 2]), 0.2, 'mean'),
+                             want / 3, rtol=1e-5)
 
 
 def test_mec_and_id_loss_formulas():
@@ -156,6 +175,11 @@ def test_sdm_loss_sums_phrase_slots_over_valid_phrases():
       _rank_loop(f['M_T'][:, i], f['T_L'][:, i], ids, 0.2, f['phrase_valid'][:, i])
       for i in range(4))
   np.testing.assert_allclose(losses.sdm_loss(f, ids, 0.2, 'rank'), want, rtol=1e-5)
+  mean = _rank_loop(f['T_G'], f['T_P'], ids, 0.2, reduction='mean') + sum(
+      _rank_loop(f['M_T'][:, i], f['T_L'][:, i], ids, 0.2, f['phrase_valid'][:, i],
+                 reduction='mean') for i in range(4))
+  np.testing.assert_allclose(losses.sdm_loss(f, ids, 0.2, 'rank', reduction='mean'), mean,
+                             rtol=1e-5)
   valid = f['phrase_valid']
   squared = ((f['M_T'] - f['T_L'])**2).sum(-1)
   want = ((f['T_G'] - f['T_P'])**2).sum(-1).mean() + sum(
@@ -260,13 +284,36 @@ def test_every_switch_removes_its_terms_and_changes_the_loss():
     assert off_total != pytest.approx(total, rel=1e-4), field
   for field, value in (('model.sdm_zero_ratio', 0.25), ('model.sdm_zeroing', 'features'),
                        ('loss.sdm', 'euclidean'), ('loss.sdm_phrases', 'mean'),
-                       ('loss.margin', 0.5)):
+                       ('loss.margin', 0.5), ('loss.rank_reduction', 'mean')):
     assert _stage2(_override(config, field, value), batch, variables)[0] != pytest.approx(
         total, rel=1e-4), field
   concat = _override(config, 'model.spfm_fusion', 'concat')
   assert _stage2(concat, batch, init_model(concat)[1])[0] != pytest.approx(total, rel=1e-4)
   _, baseline_terms = _stage2(_override(config, 'model.baseline', True), batch, variables)
   assert set(baseline_terms) == {'id_V_G', 'id_T_G', 'align1'}
+
+
+def test_pdm_and_spfm_exist_only_with_their_aligns_and_take_their_id_terms_along():
+  """model.pdm off: no PDM parameters, no T_R and no ID(T_R); model.spfm off: the same for SPFM,
+  V_R and ID(V_R). Table 1's rows without Align III (II) turn PDM (SPFM) off."""
+  config = tiny_model_config()
+  batch = random_batch(config, 50, 7, batch_size=6)
+  variables = init_model(config)[1]
+  without_aligns = _override(_override(config, 'loss.align2', False), 'loss.align3', False)
+  _, with_modules = _stage2(without_aligns, batch, variables)
+  neither = _override(_override(without_aligns, 'model.pdm', False), 'model.spfm', False)
+  params = init_model(neither)[1]['params']
+  assert 'pdm' not in params and 'spfm' not in params and 'spsm' in params
+  _, terms = _stage2(neither, batch, variables)
+  assert set(with_modules) - set(terms) == {'id_V_R', 'id_T_R'}
+  assert not any(name.endswith('_R') for name in terms)
+  no_pdm = _override(_override(config, 'loss.align3', False), 'model.pdm', False)
+  assert 'pdm' not in init_model(no_pdm)[1]['params']
+  assert {'id_T_R', 'align3'}.isdisjoint(_stage2(no_pdm, batch, variables)[1])
+  with pytest.raises(UserError, match='config.loss.align3 needs config.model.pdm'):
+    _stage2(_override(config, 'model.pdm', False), batch, variables)
+  with pytest.raises(UserError, match='config.loss.align2 needs config.model.spfm'):
+    _stage2(_override(config, 'model.spfm', False), batch, variables)
 
 
 def _loss_and_grad(config, batch, num_classes):

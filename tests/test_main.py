@@ -56,6 +56,33 @@ def test_bad_manual_dir_is_one_line_and_exit_1(tmp_path):
       f"error: config.data.manual_dir '{tmp_path / 'CUHK-PEDES'}' is not a folder")
 
 
+_WITHOUT_NLTK_DATA = """import runpy, sys, nltk
+nltk.data.path[:] = [sys.argv.pop(1)]  # an empty folder: no NLTK data installed
+runpy.run_module('dssl_jax.main', run_name='__main__', alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize('config', ['cuhk.py', 'rstp_clip.py'])
+def test_a_real_data_config_without_nltk_data_stops_prepare_in_one_line(config, tiny_dataset,
+                                                                         tmp_path):
+  """The paper's phrases come from NLTK's tagger: a real dataset is not built with another one
+  unless asked to (the synthetic configs' lexicon)."""
+  from dssl_jax.data import builders  # pylint: disable=g-import-not-at-top
+  raw = builders.manual_dir(tiny_dataset[0].data)  # a valid CUHK-PEDES layout
+  (tmp_path / 'nltk_data').mkdir()
+  result = subprocess.run(
+      [sys.executable, '-c', _WITHOUT_NLTK_DATA, str(tmp_path / 'nltk_data'),
+       f'--config=configs/{config}', '--mode=prepare', '--config.data.name=cuhk_pedes',
+       f'--config.data.manual_dir={raw}', f'--config.data.data_dir={tmp_path / "tfds"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ | {'PYTHONPATH': ROOT})
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: config.data.tagger='perceptron' but NLTK's perceptron tagger")
+  assert 'python -m nltk.downloader averaged_perceptron_tagger_eng' in last
+  assert "--config.data.tagger=lexicon builds other noun phrases than the paper's" in last
+  assert not (tmp_path / 'tfds' / 'cuhk_pedes').exists()
+
+
 @pytest.mark.parametrize('config, message', [
     ('cuhk.py', 'get ImageNet weights with'),
     ('cuhk_clip.py', "convert open_clip's ViT-B-16 (OpenAI) weights with")])
@@ -75,6 +102,17 @@ def test_every_config_file_resolves():
     config = importlib.import_module(f'configs.{name}').get_config()
     assert config.model.backbone == ('clip' if 'clip' in name else 'resnet'), name
     config.copy_and_resolve_references()
+    synthetic = name.startswith('synthetic')
+    assert config.data.tagger == ('lexicon' if synthetic else 'perceptron'), name
+    irra = 'clip' in name and not synthetic  # IRRA's augmentation; the paper names none
+    assert tuple(config.data.augment) == (('flip', 'crop', 'erase') if irra else ('flip',)), name
+
+
+def test_mode_config_shows_the_fidelity_switches():
+  result = _main('--config=configs/cuhk.py', '--mode=config', '--config.model.pdm=False')
+  assert result.returncode == 0, result.stderr
+  for line in ('rank_reduction: sum', 'pdm: false', 'spfm: true', 'lambda1: null', 'augment:'):
+    assert line in result.stdout, line
 
 
 def test_a_bucket_url_as_workdir_is_refused_in_one_line(tmp_path):

@@ -57,31 +57,32 @@ def test_index_query_incremental(trained, tmp_path, capsys):
   people = entries[::3]  # one image of each of the 6 people
   texts = [e['captions'][1] for e in people]
   queries = retriever.encode_texts(texts)
-  e = retriever.config.eval
-  results = index_lib.search(index, queries, 5, e.lambda1, e.lambda2, candidates=None)
+  weights = evaluate.sim_ti_weights(retriever.config)
+  assert weights == (0.5, 0.5)  # the synthetic default trains both CA terms
+  results = index_lib.search(index, queries, 5, *weights, candidates=None)
   shards = range(len(index.manifest['shards']))
   valid = [index.valid(s) for s in shards]
   paths = np.concatenate([index.array(s, 'paths')[v] for s, v in zip(shards, valid)])
   assert sorted(paths) == sorted(os.path.basename(e['file_path']) for e in entries)
   gallery = {k: np.concatenate([index.features(s)[k][v] for s, v in zip(shards, valid)])
              for k in ('V_P', 'V_L')}
-  full = evaluate.similarity(gallery, queries, e.lambda1, e.lambda2)
+  full = evaluate.similarity(gallery, queries, *weights)
   for q, hits in enumerate(results):
     want = np.argsort(-full[q], kind='stable')[:5]
     assert [p for p, _ in hits] == list(paths[want])
     np.testing.assert_allclose([s for _, s in hits], full[q, want], rtol=1e-5)
   # Two stages: with every image a candidate, the exact result; with 4, Sim_TI's best of the 4
   # images of highest cos(V_P, T_P).
-  for hits, exact in zip(index_lib.search(index, queries, 5, e.lambda1, e.lambda2, candidates=100),
+  for hits, exact in zip(index_lib.search(index, queries, 5, *weights, candidates=100),
                          results):
     assert [p for p, _ in hits] == [p for p, _ in exact]
     np.testing.assert_allclose([s for _, s in hits], [s for _, s in exact], rtol=1e-5)
   cosines = evaluate.similarity(gallery, queries, 0, 0)
-  for q, hits in enumerate(index_lib.search(index, queries, 3, e.lambda1, e.lambda2, candidates=4)):
+  for q, hits in enumerate(index_lib.search(index, queries, 3, *weights, candidates=4)):
     four = np.argsort(-cosines[q], kind='stable')[:4]
     want = four[np.argsort(-full[q, four], kind='stable')][:3]
     assert [p for p, _ in hits] == list(paths[want])
-  shares = index_lib.recall(index, queries, 3, e.lambda1, e.lambda2, candidates=(1, 100))
+  shares = index_lib.recall(index, queries, 3, *weights, candidates=(1, 100))
   assert shares[100] == 1 and shares[1] <= 1 / 3  # one candidate: at most one of the top 3
   # A caption of a known person finds that person first.
   top_person = [int(hits[0][0][1:6]) for hits in results]  # synthetic/p00007_2.jpg -> 7

@@ -322,6 +322,7 @@ def test_eval_from_checkpoint_in_a_fresh_process_on_two_devices(tiny_dataset, tm
   with open(tmp_path / 'results.json') as f:
     saved = json.load(f)
   assert set(saved) >= {'R1', 'R5', 'R10', 'mAP', 'mINP', 'rerank', 'image_to_text'}
+  assert (saved['lambda1'], saved['lambda2']) == (0.5, 0.5)  # Sim_TI's weights, as used
   script = _EVAL.format(root=ROOT, data_dir=config.data.data_dir, workdir=str(tmp_path))
   out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, cwd=ROOT,
                        env=os.environ | {'JAX_NUM_CPU_DEVICES': '2'}, timeout=600)
@@ -337,12 +338,14 @@ def test_a_workdir_saved_before_an_option_existed_loads_with_its_default(tmp_pat
   config.model.width = 8
   saved = config.to_dict()
   del saved['model']['zero_init_residual'], saved['eval']['checkpoint']
+  del saved['loss']['rank_reduction']
   (tmp_path / 'config.json').write_text(json.dumps(saved))
   (tmp_path / train.META_FILE).write_text(json.dumps({'vocabulary': ['<pad>', 'red'],
                                                       'num_train_identities': 3}))
   loaded, meta = train.load_workdir(str(tmp_path))
   assert loaded.model.zero_init_residual == base.get_config().model.zero_init_residual
   assert loaded.eval.checkpoint == 'best'
+  assert loaded.loss.rank_reduction == 'mean'  # what eq. 3 did before the option existed
   assert loaded.model.width == 8 and loaded.data.image_size == tuple(config.data.image_size)
   assert meta.vocabulary == ['<pad>', 'red'] and meta.num_train_identities == 3
 

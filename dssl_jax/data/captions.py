@@ -1,8 +1,9 @@
 """Caption text at build time: tokens, noun phrases (paper 4.1.2) and the train vocabulary.
 
 Phrases are extracted once, when a dataset is built, and stored with each caption; the model only
-sees word ids. NLTK's perceptron tagger is a separate download that is often missing, so a small
-lexicon tagger that needs no download stands in for it (and says so once).
+sees word ids. The paper's phrases come from NLTK's perceptron tagger, a separate download: the
+real-data configs ask for it and stop if it is missing. A small lexicon tagger that needs no
+download serves the synthetic data, whose templated captions use only words it knows.
 """
 import collections
 import re
@@ -102,7 +103,8 @@ def resolve_tagger(kind: str = 'auto') -> str:
     return 'perceptron'
   if kind == 'perceptron':
     raise UserError(f"config.data.tagger='perceptron' but NLTK's perceptron tagger is not "
-                    f'installed; install it with: {INSTALL_PERCEPTRON}')
+                    f'installed; install it with: {INSTALL_PERCEPTRON} (--config.data.tagger='
+                    "lexicon builds other noun phrases than the paper's NLTK pipeline)")
   logging.warning("NLTK's perceptron tagger is not installed: using the built-in lexicon tagger "
                   '(for the real one: %s)', INSTALL_PERCEPTRON)
   return 'lexicon'

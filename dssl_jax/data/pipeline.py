@@ -1,9 +1,9 @@
 """tf.data input: built dataset -> numpy batches, the same for every dataset.
 
-Train: (image, caption) pairs, shuffled, flipped, normalized, a fixed number of batches per epoch
-on every process. Eval: a gallery (one entry per image) and queries (one per caption), in order,
-the last batch padded and marked by `valid`. Words become ids with the train vocabulary; sentences
-and phrases are padded, with masks (id 0 = padding, never a word).
+Train: (image, caption) pairs, shuffled, augmented (config.data.augment), normalized, a fixed
+number of batches per epoch on every process. Eval: a gallery (one entry per image) and queries
+(one per caption), in order, the last batch padded and marked by `valid`. Words become ids with
+the train vocabulary; sentences and phrases are padded, with masks (id 0 = padding, never a word).
 """
 import dataclasses
 from typing import Iterator
@@ -26,6 +26,13 @@ except RuntimeError:  # TensorFlow was initialised before this import; its place
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+AUGMENTATIONS = ('flip', 'crop', 'erase')  # applied in this order, whatever config.data.augment's
+CROP_PADDING = 10  # pixels of black border before the random crop back to the input size
+# Random erasing as the field's code bases use it (IRRA: torchvision's RandomErasing with
+# scale=(0.02, 0.4)): with probability 0.5, one rectangle of 2-40% of the image, aspect ratio
+# log-uniform in (0.3, 3.3), set to the mean pixel (0 after normalization); 10 tries to fit.
+ERASE_PROBABILITY, ERASE_SCALE, ERASE_RATIO, ERASE_TRIES = 0.5, (0.02, 0.4), (0.3, 3.3), 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +154,59 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
   return (image - IMAGENET_MEAN) / IMAGENET_STD
 
 
+def augmentations(data: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """config.data.augment, checked: a tuple of AUGMENTATIONS' names."""
+  augment = tuple(data.augment)
+  unknown = [name for name in augment if name not in AUGMENTATIONS]
+  if unknown:
+    raise UserError(f'config.data.augment: {", ".join(map(repr, unknown))} unknown; choose from '
+                    f'{", ".join(AUGMENTATIONS)}')
+  return augment
+
+
+def random_crop(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Pads CROP_PADDING black pixels on each side, then crops a random window of the input size."""
+  padded = tf.pad(image, [[CROP_PADDING, CROP_PADDING], [CROP_PADDING, CROP_PADDING], [0, 0]])
+  return tf.image.stateless_random_crop(padded, tf.shape(image), seed)
+
+
+def random_erase(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """A normalized image [H, W, 3] with, at probability ERASE_PROBABILITY, one rectangle set to 0
+  (the mean pixel); its area and aspect ratio as torchvision's RandomErasing draws them."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  area = tf.cast(height * width, tf.float32)
+  coin, shape, top, left = (tf.random.experimental.stateless_fold_in(seed, k) for k in range(4))
+  scale = tf.random.stateless_uniform([ERASE_TRIES], shape, *ERASE_SCALE)
+  log_ratio = tf.random.stateless_uniform(
+      [ERASE_TRIES], tf.random.experimental.stateless_fold_in(shape, 1),
+      *np.log(ERASE_RATIO).astype(np.float32))
+  heights = tf.cast(tf.round(tf.sqrt(scale * area * tf.exp(log_ratio))), tf.int32)
+  widths = tf.cast(tf.round(tf.sqrt(scale * area / tf.exp(log_ratio))), tf.int32)
+  fits = (heights < height) & (widths < width)
+  first = tf.argmax(tf.cast(fits, tf.int32))  # the first try that fits, as torchvision takes it
+  h, w = heights[first], widths[first]
+  erase = fits[first] & (tf.random.stateless_uniform([], coin) < ERASE_PROBABILITY)
+  y = tf.random.stateless_uniform([], top, 0, tf.maximum(height - h + 1, 1), tf.int32)
+  x = tf.random.stateless_uniform([], left, 0, tf.maximum(width - w + 1, 1), tf.int32)
+  rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
+  inside = (rows >= y) & (rows < y + h) & (cols >= x) & (cols < x + w) & erase
+  return tf.where(inside[..., None], tf.zeros_like(image), image)
+
+
+def augment(image: tf.Tensor, augment: tuple[str, ...], seed: tf.Tensor) -> tf.Tensor:
+  """uint8 [H, W, 3] -> normalized float, with the training augmentations named in `augment` (in
+  AUGMENTATIONS' order: flip, pad-and-crop, then erasing on the normalized image, as IRRA does).
+  `seed` [2] is the pair's: the flip draws from it as before crop and erase existed."""
+  if 'flip' in augment:
+    image = tf.image.stateless_random_flip_left_right(image, seed)
+  if 'crop' in augment:
+    image = random_crop(image, tf.random.experimental.stateless_fold_in(seed, 1))
+  image = normalize(image)
+  if 'erase' in augment:
+    image = random_erase(image, tf.random.experimental.stateless_fold_in(seed, 2))
+  return image
+
+
 def _load(config, split: str, process_index: int, process_count: int, shuffle: bool):
   builder = _builder(config.data)
   if split not in builder.info.splits:
@@ -179,6 +239,7 @@ class TrainInput:
       raise UserError(f'the train split has {meta.kept["train"]["captions"]} captions, fewer than '
                       f'config.train.batch_size {config.train.batch_size}')
     self.encoder = _text_encoder(config, meta)
+    self.augment = augmentations(config.data)
     d = config.data
     ds = _load(config, 'train', process_index, process_count, shuffle=True)
     ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label'],
@@ -203,10 +264,8 @@ class TrainInput:
     ds = ds.shuffle(4 * self.local_batch, seed=seed).repeat()
 
     def finish(pair, rng_seed):
-      image = pair['image']
-      if d.flip:
-        image = tf.image.stateless_random_flip_left_right(image, rng_seed)
-      return {'image': normalize(image), 'label': tf.cast(pair['label'], tf.int32),
+      return {'image': augment(pair['image'], self.augment, rng_seed),
+              'label': tf.cast(pair['label'], tf.int32),
               'person_id': tf.cast(pair['person_id'], tf.int32), **self.encoder(pair['caption'])}
 
     seeds = tf.data.Dataset.random(seed=seed).batch(2)

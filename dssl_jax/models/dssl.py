@@ -4,7 +4,8 @@ Features: V_G, M_V, V_P, V_S, V_L (image); T_G, M_T, T_P, T_L (text); V_R = SPFM
 T_R = PDM(V_P) (pair), V_R_pairs (every text in every image's surroundings); `logits` holds the
 shared ID classifier's output on each ID feature. A switch that removes a module makes its output
 the identity (no SPSM: V_P = V_G; no SDM: T_P = T_G, T_L = M_T; no SAM: V_L = M_V), and the
-features only it produces (V_S, V_R, V_R_pairs) are absent.
+features only it produces (V_S; V_R, V_R_pairs without SPFM; T_R without PDM) are absent, with
+their ID terms.
 
 The encoders (config.model.backbone): ImageNet ResNet + bi-GRU as in the paper, or CLIP's ViT and
 text Transformer, whose class token and end-of-text token stand for the pooled feature map and
@@ -31,8 +32,14 @@ from dssl_jax.models.text import TextEncoder
 
 @dataclasses.dataclass(frozen=True)
 class Switches:
-  """Which modules exist; `baseline` (Tables 1-2, first row) removes every one of them."""
-  separation: bool  # SPSM + SPFM
+  """Which modules exist; `baseline` (Tables 1-2, first row) removes every one of them.
+
+  SPFM serves Align II alone and PDM Align III alone: Table 1's rows without those aligns turn
+  them off (model.spfm, model.pdm), so that no ID(V_R) or ID(T_R) term trains a module no
+  alignment uses. SPFM needs SPSM's V_S: model.spsm_spfm (Table 2) removes both.
+  """
+  separation: bool  # SPSM (V_P, V_S and MEC)
+  spfm: bool
   sam: bool
   sdm: bool
   pdm: bool
@@ -40,8 +47,9 @@ class Switches:
   @classmethod
   def from_config(cls, model: ml_collections.ConfigDict) -> 'Switches':
     on = not model.baseline
-    return cls(separation=on and model.spsm_spfm, sam=on and model.sam, sdm=on and model.sdm,
-               pdm=on)
+    separation = on and model.spsm_spfm
+    return cls(separation=separation, spfm=separation and model.spfm, sam=on and model.sam,
+               sdm=on and model.sdm, pdm=on and model.pdm)
 
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -81,6 +89,7 @@ class DSSL(nn.Module):
     self.text_local = heads.LocalHead(p, groups)
     if self.switches.separation:
       self.spsm = heads.SPSM(p)
+    if self.switches.spfm:
       self.spfm = heads.SPFM(p, c.spfm_fusion)
     if self.switches.pdm:
       self.pdm = heads.MLP(p)
@@ -162,7 +171,7 @@ class DSSL(nn.Module):
     f = self.encode_image(batch['image'], train, frozen_backbone)
     f |= self.encode_text(batch['tokens'], batch['token_mask'], batch['phrases'],
                           batch['phrase_mask'], train, frozen_backbone)
-    if self.switches.separation:
+    if self.switches.spfm:
       f['V_R'] = self.spfm(f['T_P'], f['V_S'])
       f['V_R_pairs'] = self.spfm.pairwise(f['T_P'], f['V_S'])
     if self.switches.pdm:
@@ -175,8 +184,8 @@ def id_features(switches: Switches, stage: int = 2) -> tuple[str, ...]:
   """eq. 17 (stage 1) and eq. 19 (stage 2), without features a switch made identical to another."""
   if stage == 1:
     return ('V_G', 'T_G')
-  extra = ((('V_P', 'V_R') if switches.separation else ()) + (('T_P',) if switches.sdm else ())
-           + (('T_R',) if switches.pdm else ()))
+  extra = ((('V_P',) if switches.separation else ()) + (('V_R',) if switches.spfm else ())
+           + (('T_P',) if switches.sdm else ()) + (('T_R',) if switches.pdm else ()))
   return ('V_G', 'T_G') + extra
 
 

@@ -1,9 +1,9 @@
 """The paper's heads (section 3): feature branches, SDM, SPSM, SPFM, PDM, SAM, the ID classifier,
 and the cross-modal attention CA as a pairwise similarity.
 
-Readings of what the paper leaves open (DESIGN.md): the k strips share one GN-FC-ReLU-FC head, as
-the phrases do; one SDM serves T_G and the phrases; the MLPs are p -> 2p -> p; SDM's auto-encoder is
-p -> p/2 -> p.
+Readings of what the paper leaves open (docs/design.md): the k strips share one GN-FC-ReLU-FC
+head, as the phrases do; one SDM serves T_G and the phrases; the MLPs are p -> 2p -> p; SDM's
+auto-encoder is p -> p/2 -> p.
 """
 import flax.linen as nn
 import jax

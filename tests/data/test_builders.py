@@ -62,6 +62,7 @@ def make_config(name, manual_dir, data_dir):
   config.data.name = name
   config.data.manual_dir = manual_dir
   config.data.data_dir = data_dir
+  config.data.tagger = 'lexicon'  # no NLTK data on a test machine
   config.data.image_size = (32, 16)
   config.data.max_words = 6
   config.train.batch_size = 2
@@ -191,6 +192,7 @@ def test_a_dataset_written_from_the_readme_schema_alone_trains_and_tests(tmp_pat
   (raw / 'reid_raw.json').write_text(json.dumps(entries))
   config = cuhk.get_config()
   config.data.manual_dir, config.data.data_dir = str(raw), str(tmp_path / 'mine_tfds')
+  config.data.tagger = 'lexicon'  # no NLTK data on a test machine
   config = tiny_train_config(config)
   config.train.batch_size, config.eval.batch_size, config.eval.image_to_text = 8, 16, False
   workdir = str(tmp_path / 'run')

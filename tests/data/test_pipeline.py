@@ -23,15 +23,77 @@ def test_epochs_are_reproducible_and_differ(tiny_dataset):
   assert labels.min() >= 0 and labels.max() < meta.num_train_identities
 
 
+def _with_augment(config, augment):
+  config = config.copy_and_resolve_references()
+  config.data.augment = augment
+  return config
+
+
+def _train_images(config, meta, augment, epoch=0):
+  return _epoch(_with_augment(config, augment), meta, epoch)[0]['image']
+
+
 def test_flip_mirrors_some_images_and_nothing_else(tiny_dataset):
   config, meta = tiny_dataset
-  flipped = _epoch(config, meta, 0)[0]['image']
-  config = config.copy_and_resolve_references()
-  config.data.flip = False
-  plain = _epoch(config, meta, 0)[0]['image']
+  flipped, plain = _train_images(config, meta, ('flip',)), _train_images(config, meta, ())
   mirrored = [np.allclose(f, p[:, ::-1]) and not np.allclose(f, p) for f, p in zip(flipped, plain)]
   same = [np.allclose(f, p) for f, p in zip(flipped, plain)]
   assert all(m or s for m, s in zip(mirrored, same)) and any(mirrored) and any(same)
+
+
+def test_crop_is_a_window_of_the_image_padded_with_black(tiny_dataset):
+  config, meta = tiny_dataset
+  cropped, plain = _train_images(config, meta, ('crop',)), _train_images(config, meta, ())
+  pad = pipeline.CROP_PADDING
+  black = -np.array(pipeline.IMAGENET_MEAN) / np.array(pipeline.IMAGENET_STD)
+  offsets = []
+  for c, p in zip(cropped, plain):
+    padded = np.broadcast_to(black, (p.shape[0] + 2 * pad, p.shape[1] + 2 * pad, 3)).copy()
+    padded[pad:-pad, pad:-pad] = p
+    found = [(y, x) for y in range(2 * pad + 1) for x in range(2 * pad + 1)
+             if np.allclose(c, padded[y:y + p.shape[0], x:x + p.shape[1]], atol=1e-6)]
+    assert found, 'a crop is not a window of the padded image'
+    offsets.append(found[0])
+  assert len(set(offsets)) > 3  # windows at several places, not the image itself each time
+
+
+def test_erase_changes_pixels_only_inside_one_rectangle(tiny_dataset):
+  config, meta = tiny_dataset
+  erased, plain = _train_images(config, meta, ('erase',)), _train_images(config, meta, ())
+  changed_images = 0
+  for e, p in zip(erased, plain):
+    changed = np.any(e != p, axis=-1)
+    if not changed.any():
+      continue
+    changed_images += 1
+    rows, cols = np.nonzero(changed)
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    assert np.all(e[box] == 0)  # one rectangle, all of it the mean pixel (0 after normalizing)
+    outside = np.ones(changed.shape, bool)
+    outside[box] = False
+    np.testing.assert_array_equal(e[outside], p[outside])
+    area = (np.ptp(rows) + 1) * (np.ptp(cols) + 1) / changed.size
+    assert 0.01 <= area <= 0.6  # 2-40% of the image, give or take the rounding of its sides
+  assert 0 < changed_images < len(plain)  # p = 0.5: some images, not all
+
+
+def test_augmentations_are_seeded_and_train_only(tiny_dataset):
+  config, meta = tiny_dataset
+  every = pipeline.AUGMENTATIONS
+  first, again = _train_images(config, meta, every), _train_images(config, meta, every)
+  np.testing.assert_array_equal(first, again)
+  other_seed = _with_augment(config, every)
+  other_seed.seed += 1
+  assert not np.array_equal(first, _epoch(other_seed, meta, 0)[0]['image'])
+  for split in ('val', 'test'):
+    gallery = [next(pipeline.gallery(_with_augment(config, a), split))['image']
+               for a in ((), every)]
+    np.testing.assert_array_equal(*gallery)
+    queries = [next(pipeline.queries(_with_augment(config, a), meta, split)) for a in ((), every)]
+    for key in ('tokens', 'phrases'):
+      np.testing.assert_array_equal(queries[0][key], queries[1][key])
+  with pytest.raises(UserError, match="config.data.augment: 'mixup' unknown"):
+    pipeline.TrainInput(_with_augment(config, ('flip', 'mixup')), meta)
 
 
 def test_process_shards_are_disjoint_and_complete(tiny_dataset):

@@ -43,6 +43,20 @@ def test_every_row_applies_and_rows_differ_on_the_same_batch(table):
   assert all(b - a > 1e-6 * abs(b) for a, b in zip(values, values[1:])), totals
 
 
+def test_table1_rows_have_only_the_modules_and_sim_ti_terms_their_aligns_train():
+  from dssl_jax import evaluate  # pylint: disable=g-import-not-at-top
+  config = tiny_model_config()
+  weights = {}
+  for name, overrides in SWEEPS['table1']:
+    variant = sweep_lib.variant_config(config, overrides)
+    if name != 'baseline':
+      assert variant.model.spfm == variant.loss.align2 and variant.model.pdm == variant.loss.align3
+    weights[name] = evaluate.sim_ti_weights(variant)
+  assert weights['baseline'] == weights['I'] == weights['I+II+III'] == (0.0, 0.0)
+  assert weights['IV'] == (0.5, 0.0) and weights['V'] == (0.0, 0.5)
+  assert weights['I+IV+V'] == weights['I+II+III+IV+V'] == (0.5, 0.5)
+
+
 def test_a_misspelled_override_is_rejected(monkeypatch):
   config = tiny_model_config()
   with pytest.raises(UserError, match='loss.algin1'):
@@ -65,7 +79,8 @@ def test_two_row_sweep_end_to_end(tiny_dataset, tmp_path, monkeypatch):
   for row in table[1:]:
     with open(tmp_path / slug(row[0]) / 'results.json') as f:
       assert float(row[2]) == pytest.approx(json.load(f)['R1'], abs=0.01)
-  assert '| no SDM |' in (tmp_path / 'tiny.md').read_text()
+  assert '| no SDM [λ1 = 0.5, λ2 = 0.5] |' in (tmp_path / 'tiny.md').read_text()
+  assert [r[table[0].index('sim_ti')] for r in table[1:]] == ['λ1 = 0.5, λ2 = 0.5'] * 2
   assert os.path.getsize(tmp_path / 'tiny.png') > 1000
   with open(tmp_path / 'no_SDM' / 'config.json') as f:
     assert json.load(f)['model']['sdm'] is False
@@ -84,7 +99,8 @@ def test_seeds_table_reports_mean_std_and_every_seed(tmp_path, monkeypatch, caps
     os.makedirs(workdir)
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump({'R1': r1, 'R5': 80.0, 'R10': 90.0, 'mAP': r1 / 2, 'mINP': 20.0,
-                 'R1_stderr': 2.0 + config.seed % 2}, f)
+                 'R1_stderr': 2.0 + config.seed % 2, 'lambda1': 0.5 * config.model.sam,
+                 'lambda2': 0.5}, f)
 
   monkeypatch.setattr(sweep_lib, 'train_row', fake_run)
   config = tiny_model_config()
@@ -100,8 +116,10 @@ def test_seeds_table_reports_mean_std_and_every_seed(tmp_path, monkeypatch, caps
   assert (table[0]['R1'], table[0]['R1_std'], table[0]['mAP_std']) == ('65.00', '1.00', '0.50')
   assert [table[1][f'R1_run{k}'] for k in range(3)] == ['54.00', '55.00', '56.00']
   assert table[1]['R1_stderr'] == '2.33'  # seeds 4, 5, 6: 2, 3, 2
+  assert (table[0]['sim_ti'], table[1]['sim_ti']) == ('λ1 = 0.5, λ2 = 0.5', 'λ1 = 0, λ2 = 0.5')
   markdown = (tmp_path / 'tiny.md').read_text()
-  assert 'Mean ± std over 3 seeds' in markdown and '| no SAM | 55.00 ± 1.00 |' in markdown
+  assert 'Mean ± std over 3 seeds' in markdown
+  assert '| no SAM [λ1 = 0, λ2 = 0.5] | 55.00 ± 1.00 |' in markdown
   assert 'standard error of 2.33 over the test split' in markdown
   assert os.path.getsize(tmp_path / 'tiny.png') > 1000
   trained.clear()
@@ -111,7 +129,8 @@ def test_seeds_table_reports_mean_std_and_every_seed(tmp_path, monkeypatch, caps
   rows = sweep_lib.run_sweep(config, 'configs/synthetic.py', 'tiny', str(tmp_path), seeds=3,
                              table_only=True)
   assert len(rows['no SAM']) == 2 and not trained
-  assert '| no SAM (2 of 3 seeds) | 54.50 ± 0.71 |' in (tmp_path / 'tiny.md').read_text()
+  assert '| no SAM [λ1 = 0, λ2 = 0.5] (2 of 3 seeds) | 54.50 ± 0.71 |' in (
+      tmp_path / 'tiny.md').read_text()
   sweep_lib.run_sweep(config, 'configs/synthetic.py', 'tiny', str(tmp_path / 'dry'), seeds=2,
                       dry_run=True)
   assert capsys.readouterr().out.count('--config.seed=5') == 2

@@ -6,7 +6,7 @@ from absl import logging
 import ml_collections
 import tensorflow_datasets as tfds
 
-from dssl_jax.data import synthetic
+from dssl_jax.data import captions, synthetic
 from dssl_jax.data.builders import annotations
 from dssl_jax.data.builders.person_text import CuhkPedes, IcfgPedes, PersonTextConfig, RstpReid
 from dssl_jax.errors import UserError
@@ -70,7 +70,8 @@ def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     print(f'dataset already built: {builder.data_dir}', flush=True)
     print(annotations.BuildSummary(**_summary_fields(builder)).format(), flush=True)
     return builder
-  annotations.load_annotations(BUILDERS[data.name].FORMAT, raw)  # a clear error before TFDS runs
+  annotations.load_annotations(BUILDERS[data.name].FORMAT, raw)  # clear errors before TFDS runs
+  captions.resolve_tagger(data.tagger)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=raw))
   logging.info('built %s', builder.data_dir)
   print(f'dataset built: {builder.data_dir}', flush=True)
@@ -83,10 +84,13 @@ def _summary_fields(builder) -> dict:
 
 
 def _check_build_options(builder):
-  """A dataset built with other phrase/vocabulary options must not be used silently."""
+  """A dataset built with other phrase/vocabulary options must not be used silently. The tagger
+  compared is the one the phrases were made with ('auto' takes any)."""
   saved = dict(builder.info.metadata['build_options'])
-  saved.pop('manual_dir', None)
+  saved['tagger'] = builder.info.metadata.get('tagger') or saved.get('tagger')
   wanted = dataclasses.asdict(builder.builder_config)
+  if wanted['tagger'] == 'auto':
+    wanted.pop('tagger')
   changed = {k: (saved.get(k), v) for k, v in wanted.items()
              if k in ('tagger', 'max_phrases', 'min_word_count') and saved.get(k) != v}
   if changed:
