@@ -2,8 +2,9 @@
 
 Batch reduction of the ranking loss (config.loss.rank_reduction): eq. 3 sums the hinge over every
 matched pair and each of its in-batch negatives (VSE0); 'sum' keeps that sum over the whole batch
-as printed, 'mean' averages it over anchors like the per-sample ID loss (1/B of the printed weight
-against the ID terms). Pairs of the same person are never negatives.
+as printed, 'mean' (the default, docs/rank_reduction.md) averages it over anchors like the
+per-sample ID loss, 1/B of the printed weight against the ID terms. Pairs of the same person are
+never negatives.
 """
 import functools
 

@@ -502,10 +502,6 @@ def _orbax_quiet():
     logging.set_verbosity(verbosity)
 
 
-# What a run did before the option existed, where configs/base.py's default is another.
-BEFORE_THE_OPTION = {'loss.rank_reduction': 'mean'}
-
-
 def _fill_missing(saved: dict, defaults: dict, prefix: str = '') -> list[str]:
   """Adds to `saved` (in place) the keys of `defaults` it lacks; returns their dotted names.
 
@@ -529,13 +525,9 @@ def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, pipeline.Data
     raise UserError(f'{missing[0]} not found: --workdir must be a trained dssl_jax workdir')
   with open(paths[0]) as f:
     saved = json.load(f)
-  defaults = base_config.get_config().to_dict()
-  for field, value in BEFORE_THE_OPTION.items():
-    section, key = field.split('.')
-    defaults[section][key] = value
-  added = _fill_missing(saved, defaults)
+  added = _fill_missing(saved, base_config.get_config().to_dict())
   if added:
-    logging.warning(f'{paths[0]} predates {", ".join(added)}: using what runs did before them')
+    logging.warning(f'{paths[0]} predates {", ".join(added)}: using the defaults of configs/base.py')
   saved['data']['image_size'] = tuple(saved['data']['image_size'])  # json made it a list
   config = ml_collections.ConfigDict(saved)
   with open(paths[1]) as f:
