@@ -284,7 +284,7 @@ def test_every_switch_removes_its_terms_and_changes_the_loss():
     assert off_total != pytest.approx(total, rel=1e-4), field
   for field, value in (('model.sdm_zero_ratio', 0.25), ('model.sdm_zeroing', 'features'),
                        ('loss.sdm', 'euclidean'), ('loss.sdm_phrases', 'mean'),
-                       ('loss.margin', 0.5), ('loss.rank_reduction', 'mean')):
+                       ('loss.margin', 0.5), ('loss.rank_reduction', 'sum')):
     assert _stage2(_override(config, field, value), batch, variables)[0] != pytest.approx(
         total, rel=1e-4), field
   concat = _override(config, 'model.spfm_fusion', 'concat')
