@@ -25,7 +25,7 @@ def cosine_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def ranking_loss(similarity: jax.Array, person_ids: jax.Array, margin: float,
                  valid: jax.Array | None = None, same: jax.Array | None = None,
-                 reduction: str = 'sum') -> jax.Array:
+                 reduction: str = 'mean') -> jax.Array:
   """eq. 3 on S[i, j] = S(x1_i, x2_j), matched pairs on the diagonal.
 
   For each matched pair (x1_i, x2_i): hinge over every x2_j (j a negative) and every x1_j, summed
@@ -51,7 +51,7 @@ def ranking_loss(similarity: jax.Array, person_ids: jax.Array, margin: float,
   raise UserError(f"config.loss.rank_reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
-def rank_loss(x1, x2, person_ids, margin, reduction: str = 'sum') -> jax.Array:
+def rank_loss(x1, x2, person_ids, margin, reduction: str = 'mean') -> jax.Array:
   """L_rank(x1, x2) with cosine similarity (eq. 3)."""
   return ranking_loss(cosine_matrix(x1, x2), person_ids, margin, reduction=reduction)
 
@@ -92,7 +92,7 @@ def mec_loss(person: jax.Array, surroundings: jax.Array,
 
 
 def sdm_loss(f: dict, person_ids, margin: float, kind: str, phrases: str = 'sum',
-             same_phrases: jax.Array | None = None, reduction: str = 'sum') -> jax.Array:
+             same_phrases: jax.Array | None = None, reduction: str = 'mean') -> jax.Array:
   """eq. 2: T_G vs T_P, plus each phrase slot i of M_T vs T_L (padded phrases left out).
 
   T_P and T_L are SDM's outputs from the zeroed input (the '_zeroed' copies where only this loss

@@ -18,9 +18,9 @@ def _cos(a, b):
   return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
 
 
-def _rank_loop(x1, x2, ids, margin, valid=None, same=None, reduction='sum'):
+def _rank_loop(x1, x2, ids, margin, valid=None, same=None, reduction='mean'):
   """eq. 3 pair by pair: each valid matched pair against its valid negatives (another person,
-  not marked `same`), summed over the batch (or averaged over the anchors)."""
+  not marked `same`), averaged over the anchors (or summed over the batch)."""
   n = len(x1)
   valid = np.ones(n, bool) if valid is None else valid
   same = np.zeros((n, n), bool) if same is None else same
@@ -47,8 +47,9 @@ def test_ranking_loss_matches_a_loop_over_pairs():
       losses.ranking_loss(losses.cosine_matrix(x1, x2), ids, 0.2, valid),
       _rank_loop(x1, x2, ids, 0.2, valid), rtol=1e-5)
   assert losses.rank_loss(x1, x1, np.zeros(7), 0.2) == 0  # no negatives at all
-  np.testing.assert_allclose(losses.rank_loss(x1, x2, ids, 0.2, 'mean'),
-                             _rank_loop(x1, x2, ids, 0.2, reduction='mean'), rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.ranking_loss(losses.cosine_matrix(x1, x2), ids, 0.2, valid, reduction='sum'),
+      _rank_loop(x1, x2, ids, 0.2, valid, reduction='sum'), rtol=1e-5)
   with pytest.raises(UserError, match='config.loss.rank_reduction'):
     losses.rank_loss(x1, x2, ids, 0.2, 'max')
 
@@ -175,10 +176,10 @@ def test_sdm_loss_sums_phrase_slots_over_valid_phrases():
       _rank_loop(f['M_T'][:, i], f['T_L'][:, i], ids, 0.2, f['phrase_valid'][:, i])
       for i in range(4))
   np.testing.assert_allclose(losses.sdm_loss(f, ids, 0.2, 'rank'), want, rtol=1e-5)
-  mean = _rank_loop(f['T_G'], f['T_P'], ids, 0.2, reduction='mean') + sum(
+  summed = _rank_loop(f['T_G'], f['T_P'], ids, 0.2, reduction='sum') + sum(
       _rank_loop(f['M_T'][:, i], f['T_L'][:, i], ids, 0.2, f['phrase_valid'][:, i],
-                 reduction='mean') for i in range(4))
-  np.testing.assert_allclose(losses.sdm_loss(f, ids, 0.2, 'rank', reduction='mean'), mean,
+                 reduction='sum') for i in range(4))
+  np.testing.assert_allclose(losses.sdm_loss(f, ids, 0.2, 'rank', reduction='sum'), summed,
                              rtol=1e-5)
   valid = f['phrase_valid']
   squared = ((f['M_T'] - f['T_L'])**2).sum(-1)
