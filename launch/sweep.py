@@ -67,7 +67,7 @@ def train_row(config: ml_collections.ConfigDict, workdir: str):
   train.run(config, workdir, 'train')
 
 
-def sim_ti_weights(runs: list[dict]) -> str:
+def sim_ti_label(runs: list[dict]) -> str:
   """The Sim_TI weights a row's runs were evaluated with ('' for runs from before they were
   recorded): an ablation without Align IV or V is scored without the CA term it did not train."""
   used = sorted({(run['lambda1'], run['lambda2']) for run in runs if 'lambda1' in run})
@@ -80,7 +80,7 @@ def write_table(workdir: str, sweep: str, rows: dict) -> str:
   from dssl_jax import reports  # pylint: disable=g-import-not-at-top
   summary = {name: reports.mean_and_std(runs) for name, runs in rows.items()}
   seeds = max(len(runs) for runs in rows.values())
-  weights = {name: sim_ti_weights(runs) for name, runs in rows.items()}
+  weights = {name: sim_ti_label(runs) for name, runs in rows.items()}
   labelled = {name + (f' [{weights[name]}]' if weights[name] else '')
               + (f' ({len(rows[name])} of {seeds} seeds)' if len(rows[name]) < seeds else ''):
               cells for name, cells in summary.items()}  # rows still missing seeds say so

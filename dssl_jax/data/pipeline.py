@@ -193,16 +193,16 @@ def random_erase(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.where(inside[..., None], tf.zeros_like(image), image)
 
 
-def augment(image: tf.Tensor, augment: tuple[str, ...], seed: tf.Tensor) -> tf.Tensor:
-  """uint8 [H, W, 3] -> normalized float, with the training augmentations named in `augment` (in
+def augment(image: tf.Tensor, names: tuple[str, ...], seed: tf.Tensor) -> tf.Tensor:
+  """uint8 [H, W, 3] -> normalized float, with the training augmentations `names` (in
   AUGMENTATIONS' order: flip, pad-and-crop, then erasing on the normalized image, as IRRA does).
   `seed` [2] is the pair's: the flip draws from it as before crop and erase existed."""
-  if 'flip' in augment:
+  if 'flip' in names:
     image = tf.image.stateless_random_flip_left_right(image, seed)
-  if 'crop' in augment:
+  if 'crop' in names:
     image = random_crop(image, tf.random.experimental.stateless_fold_in(seed, 1))
   image = normalize(image)
-  if 'erase' in augment:
+  if 'erase' in names:
     image = random_erase(image, tf.random.experimental.stateless_fold_in(seed, 2))
   return image
 
