@@ -3,7 +3,7 @@
 13,003 identities x 3 images x 2 captions at 384x128 (CUHK-PEDES: 13,003 identities, 40,206
 images, 80,412 captions), split 11,003 / 1,000 / 1,000 identities as CUHK-PEDES is. The model is
 the embedded default's small one; images are decoded per epoch as for the real datasets. Used by
-the README's rehearsal commands (dssl_jax.benchmark --what prepare,input,test_eval).
+docs/benchmarks.md's rehearsal commands (benchmarks.benchmark --what prepare,input,test_eval).
 """
 from configs import synthetic
 

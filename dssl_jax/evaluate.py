@@ -1,4 +1,5 @@
-"""Evaluation: encode gallery and queries, the test similarity Sim_TI, and the field's metrics.
+"""Evaluation: encode gallery and queries, the test similarity Sim_TI, the field's metrics, and a
+run's final evaluation into its results file.
 
 Sim_TI (the paper gives lambda1 = lambda2 = 0.5, not the formula; docs/design.md's reading):
   cos(V_P, T_P) + l1 * cos(CA(T_P, V_L), T_P) + l2 * cos(CA(V_P, T_L), V_P),
@@ -7,6 +8,8 @@ The pair-dependent CA terms are computed in chunks of queries, from Gram matrice
 tensor), so a CUHK-PEDES-sized test set fits in a few GB.
 """
 import functools
+import json
+import os
 import time
 from typing import Iterable
 
@@ -15,7 +18,6 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-import tqdm
 
 from dssl_jax import ranking, rerank
 from dssl_jax.models.heads import cross_attention_similarity, l2_normalize, part_gram
@@ -97,6 +99,8 @@ def sim_ti_weights(config: ml_collections.ConfigDict) -> tuple[float, float]:
   as given.
   """
   e, loss, baseline = config.eval, config.loss, config.model.baseline
+  if e.zero_shot:  # CLIP's features alone (Encoder's zero_shot): no CA term exists
+    return 0.0, 0.0
   def weight(value, trained: bool) -> float:
     if value is None:
       return PAPER_LAMBDA if trained and not baseline else 0.0
@@ -159,17 +163,28 @@ def _allgather_strings(strings: np.ndarray) -> np.ndarray:
 
 
 class Encoder:
-  """jit-compiled gallery and query encoding, batches sharded over the 'data' mesh axis."""
+  """jit-compiled gallery and query encoding, batches sharded over the 'data' mesh axis.
 
-  def __init__(self, model, mesh: jax.sharding.Mesh):
+  zero_shot: CLIP's own features in the places of V_P and T_P (the projected class and
+  end-of-text tokens, DSSL's heads unused), each its own single part, so that Sim_TI with
+  lambda1 = lambda2 = 0 is CLIP's cosine (sim_ti_weights gives those under config.eval.zero_shot).
+  """
+
+  def __init__(self, model, mesh: jax.sharding.Mesh, zero_shot: bool = False):
     self.model = model
     self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
 
     def image_features(variables, images):
+      if zero_shot:
+        v = model.apply(variables, images, method=model.zero_shot_image)
+        return {'V_P': v, 'V_L': v[:, None]}
       f = model.apply(variables, images, method=model.encode_image)
       return {k: f[k] for k in GALLERY_FEATURES}
 
     def text_features(variables, b):
+      if zero_shot:
+        t = model.apply(variables, b['tokens'], method=model.zero_shot_text)
+        return {'T_P': t, 'T_L': t[:, None], 'phrase_valid': jnp.ones((len(t), 1), bool)}
       f = model.apply(variables, b['tokens'], b['token_mask'], b['phrases'], b['phrase_mask'],
                       method=model.encode_text)
       return {k: f[k] for k in QUERY_FEATURES}
@@ -178,10 +193,15 @@ class Encoder:
 
   def _collect(self, fn, variables, batches: Iterable[dict], inputs, keep, what: str,
                total: int | None):
-    """Features of every valid entry; one updating progress line on a terminal (process 0)."""
+    """Features of every valid entry; one updating progress line on a terminal (process 0), where
+    tqdm is installed (a machine with JAX's stack alone encodes without it)."""
     out = []
-    progress = tqdm.tqdm(desc=f'encoding {what}', total=total, unit=what[:-1], leave=False,
-                         disable=None if jax.process_index() == 0 else True)
+    try:
+      import tqdm  # pylint: disable=g-import-not-at-top
+      progress = tqdm.tqdm(desc=f'encoding {what}', total=total, unit=what[:-1], leave=False,
+                           disable=None if jax.process_index() == 0 else True)
+    except ImportError:
+      progress = None
     for batch in batches:
       local = {k: batch[k] for k in inputs}
       global_batch = jax.tree.map(
@@ -192,8 +212,10 @@ class Encoder:
       extra = {k: _allgather_strings(batch[k]) if batch[k].dtype == object else
                multihost_utils.process_allgather(batch[k], tiled=True) for k in keep}
       out.append({k: np.asarray(v)[valid] for k, v in (features | extra).items()})
-      progress.update(int(np.sum(valid)))
-    progress.close()
+      if progress is not None:
+        progress.update(int(np.sum(valid)))
+    if progress is not None:
+      progress.close()
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
   def gallery(self, variables, batches, total: int | None = None) -> dict:
@@ -242,3 +264,53 @@ def reranked_metrics(result: dict, k1: int, k_near: int) -> dict:
   head = rerank.rerank(result['similarity'], neighbours, k1)
   return retrieval_metrics(result['similarity'], queries['person_id'],
                            result['gallery']['person_id'], head)
+
+
+def final_evaluation(encoder: Encoder, variables, which: str, config: ml_collections.ConfigDict,
+                     meta, workdir: str, image_root: str) -> dict:
+  """config.eval.split, plain and re-ranked (and image to text), for the checkpoint `which` names:
+  a table on stdout; on process 0, WORKDIR/results.json (results_<split>.json for another split,
+  results_<split>_<checkpoint>.json for another checkpoint) and the retrieval picture of its
+  first queries (images under `image_root`)."""
+  from dssl_jax import plots, reports  # pylint: disable=g-import-not-at-top
+  split = config.eval.split
+  start = time.time()
+  result = evaluate(encoder, variables, config, meta, split)
+  metrics = dict(result['metrics'])
+  rows = {'DSSL': metrics}
+  if config.eval.rerank:
+    metrics['rerank'] = reranked_metrics(result, config.eval.rerank_k1, config.eval.rerank_k_near)
+    rows['DSSL + RR'] = metrics['rerank']
+  if config.eval.image_to_text:
+    metrics['image_to_text'] = retrieval_metrics(
+        result['similarity'].T, result['gallery']['person_id'], result['queries']['person_id'])
+    rows['image to text'] = metrics['image_to_text']
+  seconds = time.time() - start
+  unmatched = metrics['queries_without_match']
+  lambda1, lambda2 = sim_ti_weights(config)
+  reports.say(f'{split} split, {which}, {metrics["queries"]} queries, '
+              f'{len(result["gallery"]["person_id"])} images, Sim_TI with lambda1 = {lambda1:g}, '
+              f'lambda2 = {lambda2:g} ({seconds:.1f}s)'
+              + (f'; {unmatched} queries whose person has no gallery image were left out'
+                 if unmatched else '') + ':')
+  reports.say(reports.metrics_table(rows))
+  reports.say(f'R1 has a standard error of {metrics["R1_stderr"]:.2f} over this split\'s '
+              'people: another split of as many would move it by about that.')
+  if jax.process_index() == 0:
+    other = '' if config.eval.checkpoint == 'best' else f'_{config.eval.checkpoint}'
+    name = 'results.json' if (split, other) == ('test', '') else f'results_{split}{other}.json'
+    save_results(os.path.join(workdir, name), metrics,
+                 {'split': split, 'evaluated': which, 'eval_seconds': round(seconds, 1),
+                  'lambda1': lambda1, 'lambda2': lambda2, 'zero_shot': config.eval.zero_shot})
+    plots.retrieval_picture(
+        os.path.join(workdir, f'retrieval_{split}{other}.png'), result['similarity'],
+        result['queries']['text'], result['queries']['person_id'],
+        result['gallery']['file_path'], result['gallery']['person_id'], image_root)
+  return metrics
+
+
+def save_results(path: str, metrics: dict, extra: dict | None = None):
+  """R1, R5, R10, mAP, mINP (and the rest) into the json file `path`, atomically."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(metrics | (extra or {}), f, indent=2)
+  os.replace(path + '.tmp', path)

@@ -2,7 +2,7 @@
 
 Batch reduction of the ranking loss (config.loss.rank_reduction): eq. 3 sums the hinge over every
 matched pair and each of its in-batch negatives (VSE0); 'sum' keeps that sum over the whole batch
-as printed, 'mean' (the default, docs/rank_reduction.md) averages it over anchors like the
+as printed, 'mean' (the default, docs/experiments/rank_reduction.md) averages it over anchors like the
 per-sample ID loss, 1/B of the printed weight against the ID terms. Pairs of the same person are
 never negatives.
 """
@@ -68,7 +68,7 @@ def mec_loss(person: jax.Array, surroundings: jax.Array,
   'literal': ||P^T S||_F as printed, computed as sqrt(sum((P P^T) * (S S^T))) (B x B, not p x p).
   It is not scale-free while every other loss reads V_P and V_S through cosines or GN: at the
   start of stage 2 it is ~90% of the loss with 120-260x each Align term's backbone gradient
-  (docs/loss_balance.md), and it is met by shrinking both features. Nor does it vanish when the
+  (docs/experiments/loss_balance.md), and it is met by shrinking both features. Nor does it vanish when the
   features are orthogonal: it measures how the coordinates of the batch co-vary.
   'squared_cosine' (default): the mean of cos(V_P^i, V_S^j)^2 over every pair of the batch, i.e.
   ||P' S'^T||_F^2 / B^2 with P', S' the L2-normalised rows. It is what the text asks of MEC
@@ -79,7 +79,7 @@ def mec_loss(person: jax.Array, surroundings: jax.Array,
   'cosine': the root of that mean, ||P' S'^T||_F / B. The root's gradient over the cosines has
   norm 1 / B however small they are, so it pushes at full strength to the end (cosines ~0.03 at
   the end of a synthetic run, against ~0.12 for squared_cosine and ~0.16 without MEC) and costs
-  accuracy (docs/mec_form.md).
+  accuracy (docs/experiments/mec_form.md).
   """
   if form == 'literal':
     squared = jnp.sum((person @ person.T) * (surroundings @ surroundings.T))
@@ -132,7 +132,7 @@ def identical_phrases(batch: dict, config: ml_collections.ConfigDict) -> jax.Arr
   'distinct': not one with the same words. A phrase is encoded on its own, so the same words
   ("the man", "black shoes") give the same M_T in every caption, and eq. 2 cannot rank one copy
   above the other: on the synthetic default such pairs are ~4% of a slot's negatives and nearly
-  all of the SDM loss that remains at the end (docs/sdm_negatives.md).
+  all of the SDM loss that remains at the end (docs/experiments/sdm_negatives.md).
   CLIP's phrase spans are read in their sentence's context, so none of them is the same.
   """
   rule = config.loss.sdm_phrase_negatives

@@ -17,7 +17,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from dssl_jax import evaluate, index as index_lib, train
+from dssl_jax import checkpoints, evaluate, index as index_lib, train
 from dssl_jax.data import captions, pipeline
 from dssl_jax.errors import UserError
 
@@ -27,10 +27,10 @@ class Retriever:
 
   def __init__(self, workdir: str):
     """Prefer `Retriever.from_workdir(path)`."""
-    self.config, self.meta = train.load_workdir(workdir)
-    with train.Trainer(self.config, workdir, self.meta) as trainer:
-      self.variables, self.checkpoint = trainer.evaluation_variables()
-      self.encoder = trainer.encoder
+    self.config, self.meta = checkpoints.load_workdir(workdir)
+    model, mesh = train.make_model(self.config, self.meta), train.make_mesh()
+    self.variables, self.checkpoint = train.load_variables(self.config, workdir, model, mesh)
+    self.encoder = evaluate.Encoder(model, mesh)
     self.word_ids = {w: i for i, w in enumerate(self.meta.vocabulary)}
     self.fingerprint = {'model': self.config.model.to_dict(),
                         'image_size': list(self.config.data.image_size),

@@ -40,7 +40,7 @@ def main(argv):
     raise app.UsageError('usage: python -m dssl_jax.search index|query|recall --workdir W ...')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
-  from dssl_jax import evaluate, index as index_lib, reports  # pylint: disable=g-import-not-at-top
+  from dssl_jax import evaluate, index as index_lib, plots  # pylint: disable=g-import-not-at-top
   from dssl_jax.retriever import Retriever  # pylint: disable=g-import-not-at-top
   folder = FLAGS.index or os.path.join(FLAGS.workdir, 'index')
   try:
@@ -80,7 +80,7 @@ def main(argv):
       for rank, (path, score) in enumerate(hits, 1):
         print(f'  {rank:3d}. {score:7.4f}  {path}')
     sheet = os.path.join(folder, 'query_results.png')
-    reports.contact_sheet(sheet, texts, [[p for p, _ in hits] for hits in results],
+    plots.contact_sheet(sheet, texts, [[p for p, _ in hits] for hits in results],
                           index.manifest['images'])
     print(f'\n{len(texts)} queries in {seconds:.2f}s; contact sheet: {sheet}', file=sys.stderr)
   except UserError as e:

@@ -8,18 +8,19 @@ IRRA's warm-up and cosine, the encoders at a lower rate, for CLIP).
 One jit-compiled step over a ("data",) mesh of every device: parameters replicated, the batch
 sharded (BN statistics are then global-batch). Orbax checkpoints every N steps and at the end of
 each stage; rerunning the same command resumes at the same step with the same data order.
+
+In reading order: the model and optimizer (schedules, stage-1 freezing), the train state, the
+jit-compiled step, then the run: `train` (both stages, one loop), `validate`, `evaluate_workdir`,
+`train_and_evaluate` and `run` (what --mode does). The data stack (TensorFlow) is imported by the
+functions that read data, so that the state and the step build where it is not installed.
 """
-import contextlib
 import functools
-import itertools
-import json
 import os
 import signal
-import time
-from typing import Any
+import threading
+from typing import Any, Callable
 
 from absl import logging
-from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -27,14 +28,14 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
-from configs import base as base_config
-from dssl_jax import evaluate, losses, reports, weights
-from dssl_jax.data import builders, pipeline
+from dssl_jax import checkpoints, evaluate, losses, plots, reports, weights
+from dssl_jax.data import formats
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
 
+
+# ------------------------------------------------------------------------ model, optimizer
 
 @flax.struct.dataclass
 class TrainState:
@@ -43,6 +44,11 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array  # a raw uint32 key: step keys are fold_in(rng, step), so resume is exact
+
+
+def make_model(config: ml_collections.ConfigDict, meta: formats.DatasetMeta) -> dssl.DSSL:
+  return dssl.DSSL(ml_collections.FrozenConfigDict(config.model), meta.vocab_size,
+                   meta.num_train_identities)
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -80,6 +86,15 @@ def stage2_schedule(config, steps_per_epoch: int) -> optax.Schedule:
       t.stage2_lr, {k * t.lr_decay_epochs * steps_per_epoch: t.lr_decay_factor for k in decays})
 
 
+def learning_rate(config, stage: int, steps_per_epoch: int) -> optax.Schedule:
+  """The (head) rate of `stage` at a global step: what the progress line and TensorBoard show."""
+  if stage == 1:
+    return lambda step: jnp.asarray(config.train.stage1_lr, jnp.float32)
+  stage1_steps = config.train.stage1_epochs * steps_per_epoch
+  schedule = stage2_schedule(config, steps_per_epoch)
+  return lambda step: schedule(step - stage1_steps)
+
+
 def make_optimizer(config, stage: int, steps_per_epoch: int) -> optax.GradientTransformation:
   """Stage 1: Adam on the heads, the encoders frozen. Stage 2: Adam on everything; with
   encoder_lr_factor, bias_lr_factor or weight_decay set (IRRA's recipe for CLIP), one Adam per
@@ -110,8 +125,70 @@ def make_optimizer(config, stage: int, steps_per_epoch: int) -> optax.GradientTr
       lambda params: labels(params, lambda path: f'{path[0] in encoders}/{path[-1] == "bias"}'))
 
 
-def train_step(state: TrainState, batch: dict, *, model, tx, config, stage: int):
-  """One update: the stage's loss (eq. 18 or 21), its gradient, Adam; metrics are scalars."""
+
+# ------------------------------------------------------------------------ state
+
+def _with_pretrained_encoders(config, variables: dict) -> dict:
+  """config.model.backbone_weights (ImageNet ResNet-50 or CLIP, converted) in place of the random
+  initialisation; the heads and the bi-GRU stay random."""
+  weights.check_backbone_weights(config.model)
+  path, params = config.model.backbone_weights, variables['params']
+  if path == weights.SCRATCH:
+    return variables
+  if config.model.backbone == 'clip':
+    loaded = weights.load_backbone(path, {'image': params['backbone'], 'text': params['text']},
+                                   'config.model.clip and data.image_size')
+    params['backbone'], params['text'] = loaded['image'], loaded['text']
+    reports.say(f'CLIP encoders initialised from {path}')
+  else:
+    backbone = weights.load_backbone(path, {'params': params['backbone'],
+                                            'batch_stats': variables['batch_stats']['backbone']})
+    params['backbone'] = backbone['params']
+    variables['batch_stats']['backbone'] = backbone['batch_stats']
+    reports.say(f'backbone initialised from {path}')
+  return variables
+
+
+def create_train_state(config, model: dssl.DSSL, mesh: jax.sharding.Mesh) -> TrainState:
+  """Step 0: initialised variables (pre-trained encoders where configured) and the first stage's
+  optimizer state, replicated over the mesh."""
+  params_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  variables = _with_pretrained_encoders(
+      config, flax.core.unfreeze(dssl.init_variables(model, params_rng, config)))
+  tx = make_optimizer(config, stage_of(0, config), steps_per_epoch=1)  # its state's structure
+  state = TrainState(jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
+                     tx.init(variables['params']), step_rng)
+  return jax.device_put(state, _replicated(mesh))
+
+
+def abstract_train_state(config, model: dssl.DSSL, mesh: jax.sharding.Mesh,
+                         stage: int) -> TrainState:
+  """Shapes, dtypes and shardings of a `stage` state, without computing one: what a checkpoint
+  is restored into."""
+  tx = make_optimizer(config, stage, steps_per_epoch=1)
+  def build():
+    variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
+    return TrainState(jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
+                      tx.init(variables['params']), jax.random.PRNGKey(0))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_replicated(mesh)),
+                      jax.eval_shape(build))
+
+
+def start_stage(state: TrainState, config, stage: int, mesh: jax.sharding.Mesh) -> TrainState:
+  """The state with `stage`'s optimizer from scratch (stage 1 -> 2: a fresh Adam)."""
+  tx = make_optimizer(config, stage, steps_per_epoch=1)
+  return state.replace(opt_state=jax.device_put(tx.init(state.params), _replicated(mesh)))
+
+
+def _replicated(mesh):
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+# ------------------------------------------------------------------------ step
+
+def train_step(state: TrainState, batch: dict, *, model, tx, learning_rate, config, stage: int):
+  """One update: the stage's loss (eq. 18 or 21), its gradient, Adam; metrics are scalars, the
+  learning rate of this step among them."""
   rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
@@ -127,425 +204,171 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config, stage: int)
 
   (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  metrics = {'loss': total, **terms, 'lr': learning_rate(state.step)}
   state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         batch_stats=batch_stats, opt_state=opt_state)
-  return state, {'loss': total, **terms}
+  return state, metrics
 
 
-def _checkpoint_manager(workdir: str, name: str, max_to_keep: int) -> ocp.CheckpointManager:
-  """WORKDIR/NAME. Each manager names its barriers after its folder: both save at a step where
-  validation improves, and with one name their background writes of that step meet at the same
-  barrier in another process, which fails the save ("Barrier ... is already ongoing")."""
-  return ocp.CheckpointManager(
-      os.path.join(workdir, name),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, create=True,
-          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)))
+def make_train_step(config, model: dssl.DSSL, stage: int, steps_per_epoch: int,
+                    mesh: jax.sharding.Mesh, donate: bool = True) -> Callable:
+  """train_step of `stage`, jit-compiled: state replicated, batch as global_batch shards it."""
+  step = functools.partial(
+      train_step, model=model, tx=make_optimizer(config, stage, steps_per_epoch),
+      learning_rate=learning_rate(config, stage, steps_per_epoch), config=config, stage=stage)
+  return jax.jit(step, out_shardings=(_replicated(mesh),) * 2,
+                 donate_argnums=0 if donate else ())
 
 
-class Trainer:
-  """Holds what one run needs: model, mesh, compiled steps, checkpoints, logs."""
+def global_batch(local: dict, mesh: jax.sharding.Mesh) -> dict:
+  """This process's rows of the batch, as one array sharded over every device of the mesh."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               meta: pipeline.DatasetMeta | None = None):
-    """`meta` defaults to the built dataset's; inference without the dataset passes the one saved
-    in the workdir (see `load_meta`)."""
-    self.config, self.workdir = config, os.path.abspath(workdir)
-    self.meta = meta or pipeline.dataset_meta(config.data)
-    self.model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), self.meta.vocab_size,
-                           self.meta.num_train_identities)
-    self.mesh = make_mesh()
-    self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    self.data_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('data'))
-    self.total_epochs = config.train.stage1_epochs + config.train.stage2_epochs
-    self.encoder = evaluate.Encoder(self.model, self.mesh)
-    with _orbax_quiet():  # an unreadable checkpoint is reported once, when it is restored
-      self.checkpoints = _checkpoint_manager(self.workdir, 'checkpoints',
-                                             config.train.keep_checkpoints)
-      self.best = _checkpoint_manager(self.workdir, 'best', 1)
-    self.log = reports.MetricLog(self.workdir, config)
-    self._steps = {}
-    self._stop = False
 
-  @functools.cached_property
-  def input(self) -> pipeline.TrainInput:
-    return pipeline.TrainInput(self.config, self.meta, jax.process_index(), jax.process_count())
+def check_finite(metrics: dict, step: int, saved: checkpoints.ocp.CheckpointManager):
+  bad = {k: float(v) for k, v in jax.device_get(metrics).items() if not np.isfinite(v)}
+  if bad:
+    raise UserError(f'non-finite loss at step {step} ({bad}); the last good checkpoint '
+                    f'(step {saved.latest_step()}) is kept in {saved.directory}')
 
-  @property
-  def steps_per_epoch(self) -> int:
-    return self.input.steps_per_epoch
 
-  def close(self):
-    """Waits for pending saves and stops orbax's background threads."""
-    self.checkpoints.close()
-    self.best.close()
+# ------------------------------------------------------------------------ the run
 
-  def __enter__(self):
-    return self
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Runs (or resumes) both stages in WORKDIR; returns the final state."""
+  from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  workdir, t = os.path.abspath(workdir), config.train
+  os.makedirs(workdir, exist_ok=True)
+  meta = pipeline.dataset_meta(config.data)
+  checkpoints.save_workdir_files(workdir, config, meta)
+  model, mesh = make_model(config, meta), make_mesh()
+  train_input = pipeline.TrainInput(config, meta, jax.process_index(), jax.process_count())
+  steps_per_epoch, epochs = train_input.steps_per_epoch, t.stage1_epochs + t.stage2_epochs
+  log = reports.MetricLog(workdir, config)
+  encoder = evaluate.Encoder(model, mesh)
+  stop = threading.Event()
 
-  def __exit__(self, *exc):
-    self.close()
-
-  # ---------------------------------------------------------------- state
-
-  def _tx(self, stage):
-    return make_optimizer(self.config, stage, self.steps_per_epoch)
-
-  def _initial_variables(self, rng):
-    return dssl.init_variables(self.model, rng, self.config)
-
-  def _abstract_state(self, stage: int) -> TrainState:
-    tx = make_optimizer(self.config, stage, steps_per_epoch=1)  # the state's structure only
-    def build():
-      variables = self._initial_variables(jax.random.PRNGKey(0))
-      return TrainState(jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
-                        tx.init(variables['params']), jax.random.PRNGKey(0))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated),
-                        jax.eval_shape(build))
-
-  def initial_state(self) -> TrainState:
-    params_rng, step_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))
-    variables = flax.core.unfreeze(self._initial_variables(params_rng))
-    weights.check_backbone_weights(self.config.model)
-    path = self.config.model.backbone_weights
-    params = variables['params']
-    if path != weights.SCRATCH and self.config.model.backbone == 'clip':
-      loaded = weights.load_backbone(path, {'image': params['backbone'], 'text': params['text']},
-                                     'config.model.clip and data.image_size')
-      params['backbone'], params['text'] = loaded['image'], loaded['text']
-      reports.say(f'CLIP encoders initialised from {path}')
-    elif path != weights.SCRATCH:
-      backbone = weights.load_backbone(path, {'params': params['backbone'],
-                                              'batch_stats': variables['batch_stats']['backbone']})
-      params['backbone'] = backbone['params']
-      variables['batch_stats']['backbone'] = backbone['batch_stats']
-      reports.say(f'backbone initialised from {path}')
-    stage = stage_of(0, self.config)
-    state = TrainState(jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
-                       self._tx(stage).init(variables['params']), step_rng)
-    return jax.device_put(state, self.replicated)
-
-  def read(self, step: int) -> tuple[TrainState, dict]:
-    """Checkpoint `step` onto this run's devices, and its meta."""
-    meta = self.checkpoints.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']
-    state = self.checkpoints.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(self._abstract_state(meta['stage']))))['state']
-    return state, meta
-
-  def restore(self) -> tuple[TrainState, dict] | None:
-    """The newest readable checkpoint, onto this run's devices, and its meta (None: there is none)."""
-    return newest_readable(self.checkpoints, self.read)
-
-  def save(self, state: TrainState, stage: int):
-    step = int(state.step)
-    if step in self.checkpoints.all_steps():
-      return
-    self.checkpoints.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({'stage': stage, 'step': step})),
-                          force=True)
-
-  # ---------------------------------------------------------------- steps
-
-  def step_fn(self, stage: int):
-    if stage not in self._steps:
-      self._steps[stage] = jax.jit(
-          functools.partial(train_step, model=self.model, tx=self._tx(stage), config=self.config,
-                            stage=stage),
-          out_shardings=(self.replicated, self.replicated), donate_argnums=0)
-    return self._steps[stage]
-
-  def global_batch(self, local: dict) -> dict:
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.data_sharding, x),
-                        local)
-
-  # ---------------------------------------------------------------- loop
-
-  def _on_sigterm(self, *_):
+  def on_sigterm(*_):
     logging.warning('SIGTERM: saving a checkpoint at the next step, then stopping')
-    self._stop = True
+    stop.set()
 
-  def train(self) -> TrainState:
-    """Runs (or resumes) both stages; returns the final state."""
-    if jax.process_index() == 0:
-      with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
-        f.write(self.config.to_json_best_effort(indent=2))
-      with open(os.path.join(self.workdir, META_FILE), 'w') as f:  # for inference without data
-        json.dump({'vocabulary': self.meta.vocabulary,
-                   'num_train_identities': self.meta.num_train_identities,
-                   'tagger': self.meta.tagger}, f)
-    restored = self.restore()
+  with checkpoints.managers(workdir, config) as (saved, best):
+    # Start, or resume from the newest readable checkpoint.
+    restored = checkpoints.latest_state(
+        saved, functools.partial(abstract_train_state, config, model, mesh))
     if restored:
-      state, meta = restored
-      reports.say(f'resuming from step {meta["step"]} (stage {meta["stage"]})')
-      stage = meta['stage']
+      state, stage = restored[0], restored[1]['stage']
+      reports.say(f'resuming from step {restored[1]["step"]} (stage {stage})')
     else:
-      state, stage = self.initial_state(), stage_of(0, self.config)
-    previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-    trace = reports.StepTrace(self.config.train.profile_steps, self.log.tensorboard)
+      state, stage = create_train_state(config, model, mesh), stage_of(0, config)
+    step = int(state.step)
+    step_fn = make_train_step(config, model, stage, steps_per_epoch, mesh)
+    progress = reports.Progress(epochs * steps_per_epoch, step, t.batch_size)
+    trace = reports.StepTrace(t.profile_steps, log.tensorboard)
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-      state = self._loop(state, stage, trace)
+      for epoch in range(step // steps_per_epoch, epochs):
+        if stage_of(epoch, config) != stage:  # stage 1 -> 2: a new optimizer from scratch
+          checkpoints.save_state(saved, state, stage)
+          stage = stage_of(epoch, config)
+          state = start_stage(state, config, stage, mesh)
+          step_fn = make_train_step(config, model, stage, steps_per_epoch, mesh)
+          reports.say(f'stage {stage} starts at epoch {epoch + 1}')
+
+        # One epoch; resumed mid-epoch, the same order, skipping what was done.
+        batches = train_input.epoch(epoch)
+        for _ in range(step - epoch * steps_per_epoch):
+          next(batches)
+        metrics = None
+        for batch in batches:
+          trace.before(step)
+          state, metrics = step_fn(state, global_batch(batch, mesh))
+          step += 1
+          trace.after(step, metrics)
+          if step % t.log_every_steps == 0 or step % steps_per_epoch == 0:
+            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            log.write(step, values, prefix='train/')
+            reports.say(progress.line(step, epoch, epochs, stage, values))
+          if step % t.checkpoint_every_steps == 0 or stop.is_set():
+            check_finite(metrics, step, saved)
+            checkpoints.save_state(saved, state, stage)
+          if stop.is_set():
+            saved.wait_until_finished()
+            raise SystemExit(f'stopped by SIGTERM at step {step}: rerun the same command to '
+                             'resume')
+        if metrics is not None:
+          check_finite(metrics, step, saved)
+
+        # Val: the best checkpoint is chosen on val, never on test.
+        if meta.kept.get('val', {}).get('images') and (epoch + 1) % t.eval_every_epochs == 0:
+          validate(encoder, state, config, meta, epoch, log, best)
+      checkpoints.save_state(saved, state, stage)
     finally:
       trace.stop()
       signal.signal(signal.SIGTERM, previous_handler)
-      self.checkpoints.wait_until_finished()
-      self.best.wait_until_finished()
-    return state
-
-  def _loop(self, state: TrainState, stage: int, trace: reports.StepTrace) -> TrainState:
-    spe, t = self.steps_per_epoch, self.config.train
-    total_steps = self.total_epochs * spe
-    step = int(state.step)
-    timer = reports.Progress(total_steps, step, t.batch_size)
-    for epoch in range(step // spe, self.total_epochs):
-      if stage_of(epoch, self.config) != stage:  # stage 1 -> 2: a new optimizer from scratch
-        self.save(state, stage)
-        stage = stage_of(epoch, self.config)
-        state = state.replace(opt_state=jax.device_put(self._tx(stage).init(state.params),
-                                                       self.replicated))
-        reports.say(f'stage {stage} starts at epoch {epoch + 1}')
-      step_fn = self.step_fn(stage)
-      batches = self.input.epoch(epoch)
-      for _ in range(step - epoch * spe):  # resume mid-epoch: same order, skip what was done
-        next(batches)
-      metrics = None
-      for batch in batches:
-        trace.before(step)
-        state, metrics = step_fn(state, self.global_batch(batch))
-        step += 1
-        trace.after(step, metrics)
-        if step % t.log_every_steps == 0 or step % spe == 0:
-          self._report(metrics, step, epoch, stage, timer)
-        if step % t.checkpoint_every_steps == 0:
-          self._check_finite(metrics, step)
-          self.save(state, stage)
-        if self._stop:
-          self._check_finite(metrics, step)
-          self.save(state, stage)
-          self.checkpoints.wait_until_finished()
-          raise SystemExit(f'stopped by SIGTERM at step {step}: rerun the same command to resume')
-      if metrics is not None:
-        self._check_finite(metrics, step)
-      self._end_of_epoch(state, epoch)
-    self.save(state, stage)
-    return state
-
-  def _check_finite(self, metrics, step):
-    bad = {k: float(v) for k, v in jax.device_get(metrics).items() if not np.isfinite(v)}
-    if bad:
-      last = self.checkpoints.latest_step()
-      raise UserError(f'non-finite loss at step {step} ({bad}); the last good checkpoint '
-                      f'(step {last}) is kept in {self.checkpoints.directory}')
-
-  def _report(self, metrics, step, epoch, stage, timer):
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    values['lr'] = float(self._learning_rate(step, stage))
-    self.log.write(step, values, prefix='train/')
-    reports.say(timer.line(step, epoch, self.total_epochs, stage, values))
-
-  def _learning_rate(self, step, stage):
-    if stage == 1:
-      return self.config.train.stage1_lr
-    stage1_steps = self.config.train.stage1_epochs * self.steps_per_epoch
-    return stage2_schedule(self.config, self.steps_per_epoch)(step - 1 - stage1_steps)
-
-  def _end_of_epoch(self, state, epoch):
-    """Val evaluation; the best checkpoint is chosen on val, never on test."""
-    if (not self.meta.kept.get('val', {}).get('images')
-        or (epoch + 1) % self.config.train.eval_every_epochs):
-      return
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    metrics = evaluate.evaluate(self.encoder, variables, self.config, self.meta, 'val')['metrics']
-    self.log.write(int(state.step), metrics, prefix='val/')
-    reports.say(f'  val after epoch {epoch + 1}: ' + reports.metrics_line(metrics))
-    best = newest_readable(self.best, lambda step: self.best.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'], BEST_ITEMS)
-    if metrics['R1'] > (best['R1'] if best else -1.0):
-      self.best.save(int(state.step), args=ocp.args.Composite(
-          variables=ocp.args.StandardSave(variables),
-          meta=ocp.args.JsonSave({'epoch': epoch + 1, **metrics})), force=True)
-
-  def evaluation_variables(self) -> tuple[dict, str]:
-    """config.eval.checkpoint's variables (best: the best on val when a val split picked one,
-    else the latest checkpoint's; last; or a kept step), onto this run's devices, whatever device
-    count saved them."""
-    self.checkpoints.wait_until_finished()
-    self.best.wait_until_finished()
-    choice = self.config.eval.checkpoint
-    abstract = self._abstract_state(2)
-    abstract = {'params': abstract.params, 'batch_stats': abstract.batch_stats}
-    try:
-      if choice == 'best':
-        best = newest_readable(self.best, lambda step: (step, self.best.restore(
-            step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)))[
-                'variables']), BEST_ITEMS)
-        if best:
-          return best[1], f'the best checkpoint on val (step {best[0]})'
-      if choice in ('best', 'last'):
-        restored = self.restore()
-      else:
-        kept = self.checkpoints.all_steps()
-        if not choice.isdigit() or int(choice) not in kept:
-          raise UserError(f'config.eval.checkpoint={choice!r}: best, last or a step kept in '
-                          f'{self.checkpoints.directory} ({", ".join(map(str, sorted(kept)))})')
-        restored = self.read(int(choice))
-    except (ValueError, KeyError) as e:  # orbax's words for a tree of other names or shapes
-      raise UserError(f'the checkpoint in {self.workdir} does not fit the configured model '
-                      f'(config.model, dataset vocabulary or identities differ): '
-                      f'{str(e).splitlines()[0][:300]}') from None
-    if not restored:
-      raise UserError(f'no readable checkpoint in {self.checkpoints.directory}: train first '
-                      '(--mode=train with the same --workdir)')
-    state, meta = restored
-    which = (f'the last checkpoint (step {meta["step"]})' if choice in ('best', 'last')
-             else f'checkpoint {meta["step"]}')
-    return {'params': state.params, 'batch_stats': state.batch_stats}, which
-
-  def final_evaluation(self) -> dict:
-    """config.eval.split, plain and re-ranked, into WORKDIR/results.json (results_<split>.json for
-    another split, results_<split>_<checkpoint>.json for another checkpoint), a table and a
-    picture."""
-    config, split = self.config, self.config.eval.split
-    variables, which = self.evaluation_variables()
-    start = time.time()
-    result = evaluate.evaluate(self.encoder, variables, config, self.meta, split)
-    metrics = dict(result['metrics'])
-    rows = {'DSSL': metrics}
-    if config.eval.rerank:
-      metrics['rerank'] = evaluate.reranked_metrics(result, config.eval.rerank_k1,
-                                                    config.eval.rerank_k_near)
-      rows['DSSL + RR'] = metrics['rerank']
-    if config.eval.image_to_text:
-      metrics['image_to_text'] = evaluate.retrieval_metrics(
-          result['similarity'].T, result['gallery']['person_id'], result['queries']['person_id'])
-      rows['image to text'] = metrics['image_to_text']
-    seconds = time.time() - start
-    unmatched = metrics['queries_without_match']
-    lambda1, lambda2 = evaluate.sim_ti_weights(config)
-    reports.say(f'{split} split, {which}, {metrics["queries"]} queries, '
-                f'{len(result["gallery"]["person_id"])} images, Sim_TI with lambda1 = {lambda1:g}, '
-                f'lambda2 = {lambda2:g} ({seconds:.1f}s)'
-                + (f'; {unmatched} queries whose person has no gallery image were left out'
-                   if unmatched else '') + ':')
-    reports.say(reports.metrics_table(rows))
-    reports.say(f'R1 has a standard error of {metrics["R1_stderr"]:.2f} over this split\'s '
-                'people: another split of as many would move it by about that.')
-    if jax.process_index() == 0:
-      other = '' if config.eval.checkpoint == 'best' else f'_{config.eval.checkpoint}'
-      name = 'results.json' if (split, other) == ('test', '') else f'results_{split}{other}.json'
-      save_results(os.path.join(self.workdir, name), metrics,
-                   {'split': split, 'evaluated': which, 'eval_seconds': round(seconds, 1),
-                    'lambda1': lambda1, 'lambda2': lambda2})
-      reports.retrieval_picture(
-          os.path.join(self.workdir, f'retrieval_{split}{other}.png'), result['similarity'],
-          result['queries']['text'], result['queries']['person_id'],
-          result['gallery']['file_path'], result['gallery']['person_id'],
-          os.path.join(builders.manual_dir(config.data), 'imgs'))
-    return metrics
+  return state
 
 
-META_FILE = 'vocabulary.json'
-BEST_ITEMS = ('variables', 'meta')  # of a best/ checkpoint (checkpoints/: state and meta)
+def validate(encoder: evaluate.Encoder, state: TrainState, config, meta: formats.DatasetMeta,
+             epoch: int, log: reports.MetricLog, best: checkpoints.ocp.CheckpointManager):
+  """The val split's metrics after `epoch`; the variables into WORKDIR/best when R1 improves."""
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  metrics = evaluate.evaluate(encoder, variables, config, meta, 'val')['metrics']
+  log.write(int(state.step), metrics, prefix='val/')
+  reports.say(f'  val after epoch {epoch + 1}: ' + reports.metrics_line(metrics))
+  if metrics['R1'] > checkpoints.best_r1(best):
+    checkpoints.save_best(best, int(state.step), variables, {'epoch': epoch + 1, **metrics})
 
 
-def newest_readable(manager: ocp.CheckpointManager, read, items=('state', 'meta')):
-  """read(step) of the newest checkpoint that reads back; None when none does.
-
-  A checkpoint that fails to read, and also fails to read without a target (so the failure is
-  the files', not a model that differs), is moved aside into DIRECTORY.unreadable/STEP, never
-  deleted, with one warning line: a truncated copy or a full disk must not stop every rerun.
-  """
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      with _orbax_quiet():
-        return read(step)
-    except Exception:  # pylint: disable=broad-except
-      if _reads_without_target(manager, step, items):
-        raise  # the files are fine: the caller reports the mismatch
-    aside = epath.Path(f'{manager.directory}.unreadable') / str(step)
-    for n in itertools.count(1):  # an earlier run's step of the same number may be there
-      if not aside.exists():
-        break
-      aside = aside.with_name(f'{step}-{n}')
-    if jax.process_index() == 0:
-      aside.parent.mkdir(parents=True, exist_ok=True)
-      (manager.directory / str(step)).rename(aside)
-      logging.warning('checkpoint %s is unreadable (truncated or corrupt files): moved to %s',
-                      manager.directory / str(step), aside)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f'moved aside {manager.directory}/{step}')
-    with _orbax_quiet():
-      manager.reload()
-  return None
+def load_variables(config, workdir: str, model: dssl.DSSL,
+                   mesh: jax.sharding.Mesh) -> tuple[dict, str]:
+  """config.eval.checkpoint's variables of a trained WORKDIR, and which checkpoint they are."""
+  with checkpoints.managers(workdir, config) as (saved, best):
+    return checkpoints.evaluation_variables(
+        config, saved, best, functools.partial(abstract_train_state, config, model, mesh))
 
 
-def _reads_without_target(manager, step, items) -> bool:
-  """Whether every item of checkpoint `step` reads back as it was saved."""
-  try:
-    with _orbax_quiet():
-      manager.restore(step, args=ocp.args.Composite(**{
-          name: ocp.args.JsonRestore() if name == 'meta' else ocp.args.StandardRestore()
-          for name in items}))
-  except Exception:  # pylint: disable=broad-except
-    return False
-  return True
+def zero_shot_variables(config, model: dssl.DSSL, mesh: jax.sharding.Mesh) -> tuple[dict, str]:
+  """config.model.backbone_weights' CLIP encoders (the heads, random, go unused): what
+  config.eval.zero_shot ranks with, with no training."""
+  path = config.model.backbone_weights
+  if config.model.backbone != 'clip' or path in ('', weights.SCRATCH):
+    raise UserError('config.eval.zero_shot ranks with pre-trained CLIP features: set '
+                    "config.model.backbone='clip' and config.model.backbone_weights to a converted "
+                    f'CLIP file (got backbone {config.model.backbone!r}, weights {path!r})')
+  state = create_train_state(config, model, mesh)
+  return {'params': state.params, 'batch_stats': state.batch_stats}, f'zero-shot CLIP ({path})'
 
 
-@contextlib.contextmanager
-def _orbax_quiet():
-  """orbax logs its own errors (at absl's ERROR level) before raising: ours is the one line."""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.FATAL)
-  try:
-    yield
-  finally:
-    logging.set_verbosity(verbosity)
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """--mode=eval: the final evaluation of a trained workdir (see evaluate.final_evaluation), or
+  of CLIP's own features with config.eval.zero_shot."""
+  from dssl_jax.data import builders, pipeline  # pylint: disable=g-import-not-at-top
+  meta = pipeline.dataset_meta(config.data)
+  model, mesh = make_model(config, meta), make_mesh()
+  if config.eval.zero_shot:
+    variables, which = zero_shot_variables(config, model, mesh)
+  else:
+    variables, which = load_variables(config, workdir, model, mesh)
+  return evaluate.final_evaluation(
+      evaluate.Encoder(model, mesh, config.eval.zero_shot), variables, which, config, meta,
+      os.path.abspath(workdir), image_root=os.path.join(builders.manual_dir(config.data), 'imgs'))
 
 
-def _fill_missing(saved: dict, defaults: dict, prefix: str = '') -> list[str]:
-  """Adds to `saved` (in place) the keys of `defaults` it lacks; returns their dotted names.
-
-  A new option defaults to the behaviour before it existed, so a workdir trained before it reads
-  as what it was trained with."""
-  added = []
-  for key, default in defaults.items():
-    if key not in saved:
-      saved[key] = default
-      added.append(prefix + key)
-    elif isinstance(default, dict) and isinstance(saved[key], dict):
-      added += _fill_missing(saved[key], default, f'{prefix}{key}.')
-  return added
-
-
-def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, pipeline.DatasetMeta]:
-  """The config and the vocabulary a run was trained with, from its workdir alone."""
-  paths = [os.path.join(workdir, name) for name in ('config.json', META_FILE)]
-  missing = [p for p in paths if not os.path.isfile(p)]
-  if missing:
-    raise UserError(f'{missing[0]} not found: --workdir must be a trained dssl_jax workdir')
-  with open(paths[0]) as f:
-    saved = json.load(f)
-  added = _fill_missing(saved, base_config.get_config().to_dict())
-  if added:
-    logging.warning(f'{paths[0]} predates {", ".join(added)}: using the defaults of configs/base.py')
-  saved['data']['image_size'] = tuple(saved['data']['image_size'])  # json made it a list
-  config = ml_collections.ConfigDict(saved)
-  with open(paths[1]) as f:
-    meta = json.load(f)
-  return config, pipeline.DatasetMeta(meta['vocabulary'], meta['num_train_identities'], {}, (),
-                                      meta.get('tagger', ''))
-
-
-def save_results(path: str, metrics: dict, extra: dict | None = None):
-  """R1, R5, R10, mAP, mINP (and the rest) into the json file `path`, atomically."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(metrics | (extra or {}), f, indent=2)
-  os.replace(path + '.tmp', path)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """--mode=train: both stages (or what is left of them), then the final evaluation."""
+  train(config, workdir)
+  if jax.process_index() == 0:
+    plots.loss_curves(os.path.join(workdir, 'metrics.jsonl'),
+                      os.path.join(workdir, 'loss_curves.png'))
+  return evaluate_workdir(config, workdir)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str):
   """What `python -m dssl_jax.main --mode=prepare|train|eval` does (launch.sweep trains each row
   with it): process 0 prepares the dataset, the others wait for it on shared storage."""
+  from dssl_jax.data import builders  # pylint: disable=g-import-not-at-top
   if mode != 'prepare' and not workdir:
     raise UserError(f'--mode={mode} needs --workdir')
   for name, path in (('--workdir', workdir), ('config.data.data_dir', config.data.data_dir),
@@ -559,7 +382,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str):
     jax.distributed.initialize()
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-  if mode in ('prepare', 'train'):
+  if mode in ('prepare', 'train') or (mode == 'eval' and config.eval.zero_shot):
     if jax.process_index() == 0:
       builders.prepare(config.data)
     if jax.process_count() > 1:
@@ -568,18 +391,3 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str):
     train_and_evaluate(config, workdir)
   elif mode == 'eval':
     evaluate_workdir(config, workdir)
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """--mode=train: both stages (or what is left of them), then the final evaluation."""
-  with Trainer(config, workdir) as trainer:
-    trainer.train()
-    if jax.process_index() == 0:
-      reports.loss_curves(trainer.log.path, os.path.join(trainer.workdir, 'loss_curves.png'))
-    return trainer.final_evaluation()
-
-
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """--mode=eval: the final evaluation of a trained workdir."""
-  with Trainer(config, workdir) as trainer:
-    return trainer.final_evaluation()

@@ -77,7 +77,7 @@ def sim_ti_label(runs: list[dict]) -> str:
 def write_table(workdir: str, sweep: str, rows: dict) -> str:
   """<sweep>.md and .csv (rows = variants, columns = metrics, mean ± std over seeds; the csv also
   lists every seed's R1) and a bar chart with the spread as error bars; returns the table."""
-  from dssl_jax import reports  # pylint: disable=g-import-not-at-top
+  from dssl_jax import plots, reports  # pylint: disable=g-import-not-at-top
   summary = {name: reports.mean_and_std(runs) for name, runs in rows.items()}
   seeds = max(len(runs) for runs in rows.values())
   weights = {name: sim_ti_label(runs) for name, runs in rows.items()}
@@ -103,7 +103,7 @@ def write_table(workdir: str, sweep: str, rows: dict) -> str:
                        f'{statistics.fmean(stderr[name]):.2f}' if stderr[name] else '',
                        weights[name],
                        *(f'{run["R1"]:.2f}' for run in runs)])
-  reports.bar_chart(labelled, os.path.join(workdir, f'{sweep}.png'), title=sweep)
+  plots.bar_chart(labelled, os.path.join(workdir, f'{sweep}.png'), title=sweep)
   return table
 
 

@@ -4,7 +4,15 @@ import json
 import os
 import shutil
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# XLA's compiled programs, kept across tests and the processes they start: most of the suite's time
+# is compiling the same tiny models' programs again. Keyed by the program, jaxlib and XLA's flags,
+# so a changed model compiles anew (set it to '' to compile everything every time).
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(ROOT, '.pytest_cache', 'xla_compilation_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 # torchvision (a test-only reference) pulls in triton, which segfaults when imported after
 # TensorFlow (TF 2.21 + triton 3.8, whatever the test order): import it first.
@@ -13,6 +21,15 @@ import torchvision  # pylint: disable=g-import-not-at-top,unused-import
 import pytest  # pylint: disable=g-import-not-at-top
 
 from tests.helpers import tiny_config, tiny_train_config  # pylint: disable=g-import-not-at-top
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+  """Under pytest-xdist's --dist loadgroup, the tests of the trained model share one worker, and
+  so one training."""
+  for item in items:
+    if 'trained' in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.xdist_group('trained'))
 
 
 @pytest.fixture(scope='session')
@@ -36,8 +53,7 @@ def trained(tmp_path_factory):
   t.stage1_epochs, t.stage2_epochs, t.stage2_lr, t.lr_decay_epochs = 1, 40, 2e-3, 100
   t.eval_every_epochs = 1000  # a 1-person val split cannot pick a best epoch: use the last
   workdir = str(tmp_path_factory.mktemp('run'))
-  with train.Trainer(config, workdir) as trainer:
-    trainer.train()
+  train.train(config, workdir)
   raw = builders.manual_dir(config.data)
   with open(os.path.join(raw, 'reid_raw.json')) as f:
     entries = [e for e in json.load(f) if e['split'] == 'train']

@@ -2,6 +2,7 @@
 import jax and TensorFlow only after parsing (a quick `--help`); the library defines no flag;
 `--mode=config` prints the resolved config."""
 import os
+import re
 import subprocess
 import sys
 
@@ -15,9 +16,9 @@ ENTRY_POINTS = {  # module: (its flags, flags of other entry points that must no
                         ['--config', '--mode', '--sweep', '--what']),
     'launch.sweep': (['--config', '--workdir', '--sweep', '--seeds', '--variant'],
                      ['--mode', '--images', '--what']),
-    'dssl_jax.benchmark': (['--config', '--what', '--candidates', '--index_size'],
+    'benchmarks.benchmark': (['--config', '--what', '--candidates', '--index_size'],
                            ['--workdir', '--mode', '--images', '--sweep']),
-    'dssl_jax.loss_balance': (['--config', '--batch'], ['--workdir', '--mode', '--images']),
+    'benchmarks.loss_balance': (['--config', '--batch'], ['--workdir', '--mode', '--images']),
 }
 
 
@@ -49,11 +50,27 @@ def test_the_library_defines_no_flag():
   """Retriever, what it uses, and the sweep's and loss balance's functions can be imported into
   any absl program."""
   out = _run('-c', 'from absl import flags; import dssl_jax; from dssl_jax import Retriever; '
-             'from dssl_jax import evaluate, index, loss_balance, reports, train; '
-             'import launch.sweep; print(sorted(m for m in flags.FLAGS.flags_by_module_dict() '
-             'if "dssl_jax" in m or "launch" in m))')
+             'from dssl_jax import checkpoints, evaluate, index, plots, reports, train; '
+             'from benchmarks import loss_balance; import launch.sweep; '
+             'print(sorted(m for m in flags.FLAGS.flags_by_module_dict() '
+             'if "dssl_jax" in m or "launch" in m or "loss_balance" in m))')
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == '[]'
+
+
+def test_the_package_imports_neither_the_test_references_nor_the_configs():
+  """torch, torchvision and open_clip are test requirements; configs/ is not installed with the
+  package (old workdirs' defaults come from dssl_jax/defaults.py)."""
+  pattern = re.compile(r'^\s*(import (torch|torchvision|open_clip|configs)\b|'
+                       r'from (torch|torchvision|open_clip|configs)\b)', re.MULTILINE)
+  found = []
+  for folder, _, names in os.walk(os.path.join(ROOT, 'dssl_jax')):
+    for name in names:
+      if name.endswith('.py'):
+        with open(os.path.join(folder, name)) as f:
+          found += [f'{name}: {m.group(0).strip()}' for m in pattern.finditer(f.read())]
+  assert found == []
+  assert pattern.search('import torch\n') and pattern.search('  from configs import base\n')
 
 
 def test_mode_config_prints_the_resolved_config():

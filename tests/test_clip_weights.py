@@ -1,4 +1,5 @@
 """open_clip checkpoints read without torch, the position-table resize, the converter command."""
+import json
 import os
 import subprocess
 import sys
@@ -102,32 +103,102 @@ def test_a_state_dict_that_is_not_clip_is_one_line():
     clip_weights.convert_state_dict({'conv1.weight': np.zeros((64, 3, 7, 7))}, (24, 8))
 
 
-def test_training_starts_from_the_converted_weights(tiny_dataset, tmp_path):
-  from dssl_jax import train, weights  # pylint: disable=g-import-not-at-top
+def _tiny_clip(tmp_path, config):
+  """A random open_clip CLIP at 64x32, its weights converted into tmp_path/clip.npz, and `config`
+  set to the same CLIP (returns the open_clip model)."""
+  from dssl_jax import weights  # pylint: disable=g-import-not-at-top
   from open_clip import tokenizer  # pylint: disable=g-import-not-at-top
-  from tests.helpers import tiny_train_config  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   model = CLIP(embed_dim=16, quick_gelu=True,
                vision_cfg={'image_size': (64, 32), 'patch_size': 16, 'width': 32, 'layers': 1,
                            'head_width': 16},
                text_cfg={'context_length': 24, 'vocab_size': 49408, 'width': 32, 'heads': 2,
-                         'layers': 1})
+                         'layers': 1}).eval()
   converted = clip_weights.convert_state_dict(
       {k: v.detach().numpy() for k, v in model.state_dict().items()}, (4, 2))
   weights.save_npz(converted, str(tmp_path / 'clip.npz'))
-  config = tiny_train_config(tiny_dataset[0])
   config.data.image_size, config.data.max_words = (64, 32), 24
   config.model.backbone, config.model.backbone_weights = 'clip', str(tmp_path / 'clip.npz')
   config.model.clip.update(image_width=32, image_layers=1, image_heads=2, text_width=32,
                            text_layers=1, text_heads=2, context=24, embed_dim=16,
                            bpe_path=tokenizer.default_bpe())
-  with train.Trainer(config, str(tmp_path / 'run')) as trainer:
-    params = trainer.initial_state().params
+  return model, converted
+
+
+def test_training_starts_from_the_converted_weights(tiny_dataset, tmp_path):
+  from dssl_jax import train  # pylint: disable=g-import-not-at-top
+  from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from tests.helpers import tiny_train_config  # pylint: disable=g-import-not-at-top
+  config = tiny_train_config(tiny_dataset[0])
+  _, converted = _tiny_clip(tmp_path, config)
+  model = train.make_model(config, pipeline.dataset_meta(config.data))
+  params = train.create_train_state(config, model, train.make_mesh()).params
   np.testing.assert_array_equal(params['backbone']['proj'], converted['image']['proj'])
   np.testing.assert_array_equal(params['text']['transformer']['resblocks_0']['c_fc']['kernel'],
                                 converted['text']['transformer']['resblocks_0']['c_fc']['kernel'])
   config.model.clip.image_layers = 2
   with pytest.raises(UserError, match=r'missing .*resblocks_1.*check config.model.clip and '
                      'data.image_size'):
-    with train.Trainer(config, str(tmp_path / 'run2')) as trainer:
-      trainer.initial_state()
+    train.create_train_state(config, train.make_model(config, pipeline.dataset_meta(config.data)),
+                             train.make_mesh())
+
+
+def test_zero_shot_similarity_is_open_clips_logits_per_text_up_to_scale(tmp_path):
+  """config.eval.zero_shot ranks by cos(projected class token, projected end-of-text token): the
+  Encoder's zero-shot features through Sim_TI give open_clip's logits_per_text over its scale."""
+  from dssl_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+  from dssl_jax.data.formats import DatasetMeta  # pylint: disable=g-import-not-at-top
+  from tests.helpers import tiny_model_config  # pylint: disable=g-import-not-at-top
+  config = tiny_model_config()
+  reference, _ = _tiny_clip(tmp_path, config)
+  config.eval.zero_shot = True
+  assert evaluate.sim_ti_weights(config) == (0.0, 0.0)
+  model, mesh = train.make_model(config, DatasetMeta(['<pad>'], 3, {}, ())), train.make_mesh()
+  variables, which = train.zero_shot_variables(config, model, mesh)
+  assert which == f'zero-shot CLIP ({tmp_path / "clip.npz"})'
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(5, 64, 32, 3)).astype(np.float32)
+  tokens = np.zeros((4, 24), np.int32)
+  for row, length in enumerate((3, 7, 12, 24)):
+    tokens[row, :length] = rng.integers(1, 49406, length)
+    tokens[row, 0], tokens[row, length - 1] = 49406, 49407
+  d = config.data
+  encoder = evaluate.Encoder(model, mesh, zero_shot=True)
+  gallery = encoder.gallery(variables, [{
+      'image': images, 'valid': np.ones(5, bool), 'person_id': np.arange(5),
+      'file_path': np.full(5, b'x.jpg', object)}])
+  queries = encoder.queries(variables, [{
+      'tokens': tokens, 'token_mask': tokens != 0, 'valid': np.ones(4, bool),
+      'phrases': np.zeros((4, d.max_phrases, d.max_words), np.int32),
+      'phrase_mask': np.zeros((4, d.max_phrases, d.max_words), bool),
+      'person_id': np.arange(4), 'text': np.full(4, b'x', object)}])
+  ours = evaluate.similarity({k: gallery[k] for k in evaluate.GALLERY_FEATURES},
+                             {k: queries[k] for k in evaluate.QUERY_FEATURES},
+                             *evaluate.sim_ti_weights(config))
+  with torch.no_grad():
+    image_features = reference.encode_image(torch.from_numpy(images.transpose(0, 3, 1, 2)),
+                                            normalize=True)
+    text_features = reference.encode_text(torch.from_numpy(tokens.astype(np.int64)),
+                                          normalize=True)
+    logits_per_text = (reference.logit_scale.exp() * text_features @ image_features.T).numpy()
+  scale = float(reference.logit_scale.exp())
+  np.testing.assert_allclose(ours * scale, logits_per_text, atol=2e-4 * scale, rtol=0)
+  assert np.ptp(logits_per_text) > 0.1 * scale  # the scores differ enough to rank
+
+
+def test_zero_shot_eval_ranks_the_test_split_without_a_checkpoint(tiny_dataset, tmp_path):
+  from dssl_jax import train  # pylint: disable=g-import-not-at-top
+  from tests.helpers import tiny_train_config  # pylint: disable=g-import-not-at-top
+  config = tiny_train_config(tiny_dataset[0])
+  _tiny_clip(tmp_path, config)
+  config.eval.zero_shot = True
+  train.run(config, str(tmp_path / 'run'), 'eval')
+  with open(tmp_path / 'run' / 'results.json') as f:
+    results = json.load(f)
+  assert results['zero_shot'] is True and results['evaluated'].startswith('zero-shot CLIP (')
+  assert (results['lambda1'], results['lambda2']) == (0.0, 0.0)
+  assert results['queries'] > 0 and 0 <= results['R1'] <= 100 and 'rerank' in results
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+  config.model.backbone_weights = 'scratch'
+  with pytest.raises(UserError, match='zero_shot ranks with pre-trained CLIP features'):
+    train.run(config, str(tmp_path / 'run'), 'eval')

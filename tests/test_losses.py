@@ -9,7 +9,7 @@ import pytest
 from configs import base, synthetic
 from dssl_jax import losses
 from dssl_jax.models import dssl, heads
-from dssl_jax.data.pipeline import random_batch
+from dssl_jax.data.formats import random_batch
 from dssl_jax.errors import UserError
 from tests.helpers import init_model, tiny_model_config
 

@@ -131,7 +131,10 @@ def test_a_typo_in_an_override_is_one_line_and_exit_1():
 
 
 def test_ci_runs_the_readme_test_command():
+  """The README's first two code blocks: the main job, then the tests, which CI runs as written."""
   with open(os.path.join(ROOT, 'README.md')) as f:
-    readme_commands = f.read().split('```')[1].strip().splitlines()
+    blocks = f.read().split('```')
+  main_job, tests = (blocks[k].strip().splitlines() for k in (1, 3))
+  assert main_job[1].startswith('python -m dssl_jax.main --config configs/synthetic.py')
   with open(os.path.join(ROOT, '.ci', 'run')) as f:
-    assert readme_commands[1] in f.read()
+    assert ' && '.join(tests) in f.read()

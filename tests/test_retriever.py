@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _readme_example() -> str:
   with open(os.path.join(ROOT, 'README.md')) as f:
-    section = f.read().split('## Use a trained model from Python', 1)[1]
+    section = f.read().split('## Python API and search', 1)[1]
   return re.search(r'```python\n(.*?)```', section, re.S).group(1)
 
 
@@ -63,7 +63,7 @@ def test_arrays_encode_as_their_files(trained, tmp_path):
 def test_a_clip_model_encodes_queries_as_its_evaluation_does(tiny_dataset, tmp_path):
   """Query time tokenizes and chunks a sentence as the dataset build and the input pipeline did."""
   from open_clip import tokenizer  # pylint: disable=g-import-not-at-top
-  from dssl_jax import train  # pylint: disable=g-import-not-at-top
+  from dssl_jax import evaluate, train  # pylint: disable=g-import-not-at-top
   from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from tests.helpers import tiny_train_config  # pylint: disable=g-import-not-at-top
   config = tiny_train_config(tiny_dataset[0])
@@ -73,10 +73,12 @@ def test_a_clip_model_encodes_queries_as_its_evaluation_does(tiny_dataset, tmp_p
                            text_layers=1, text_heads=2, context=24, embed_dim=16,
                            bpe_path=tokenizer.default_bpe())
   config.train.stage1_epochs, config.train.stage2_epochs = 1, 0
-  with train.Trainer(config, str(tmp_path)) as trainer:
-    trainer.train()
-    batch = next(pipeline.queries(config, trainer.meta, 'test'))
-    want = trainer.encoder.queries(trainer.evaluation_variables()[0], [batch])
+  train.train(config, str(tmp_path))
+  meta = pipeline.dataset_meta(config.data)
+  model, mesh = train.make_model(config, meta), train.make_mesh()
+  batch = next(pipeline.queries(config, meta, 'test'))
+  want = evaluate.Encoder(model, mesh).queries(
+      train.load_variables(config, str(tmp_path), model, mesh)[0], [batch])
   retriever = Retriever.from_workdir(str(tmp_path))
   texts = [t.decode() for t in batch['text'][batch['valid']]]
   got = retriever.encode_texts(texts)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from dssl_jax import evaluate, index as index_lib, train
+from dssl_jax import checkpoints, evaluate, index as index_lib
 from dssl_jax.data import captions
 from dssl_jax.errors import UserError
 from dssl_jax.retriever import Retriever
@@ -20,7 +20,7 @@ def test_queries_use_the_tagger_the_training_phrases_were_made_with(trained, mon
   """The dataset records the tagger it used, training copies it into the workdir, and search
   uses it whatever config.data.tagger says (here one that is not installed)."""
   workdir = trained[0]
-  config, meta = train.load_workdir(workdir)
+  config, meta = checkpoints.load_workdir(workdir)
   assert meta.tagger == captions.resolve_tagger(config.data.tagger)
   retriever = Retriever.from_workdir(workdir)
   used = []
@@ -94,6 +94,7 @@ def _cli(*args):
                         text=True, cwd=ROOT, timeout=600)
 
 
+@pytest.mark.slow
 def test_command_line_and_bad_input(trained, tmp_path):
   workdir, images, entries, _ = trained
   folder = str(tmp_path / 'index')

@@ -1,6 +1,8 @@
 """Training: frozen stage 1, exact resume after SIGTERM, 1 vs 2 devices, NaN stop, outputs."""
+import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +13,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from dssl_jax import train
-from dssl_jax.data import builders
+from dssl_jax import checkpoints, train
+from dssl_jax.data import builders, pipeline
 from dssl_jax.errors import UserError
 from tests import processes as processes_lib
 from tests.helpers import tiny_train_config
@@ -22,6 +24,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _leaves(tree):
   return flax.traverse_util.flatten_dict(flax.core.unfreeze(jax.device_get(tree)), sep='/')
+
+
+def _model_mesh_input(config):
+  meta = pipeline.dataset_meta(config.data)
+  return train.make_model(config, meta), train.make_mesh(), pipeline.TrainInput(config, meta)
+
+
+def _saved_steps(folder) -> list[int]:
+  """The steps an orbax manager has written into `folder`."""
+  return sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+
+
+def _epochs_that(monkeypatch, config, change):
+  """TrainInput.epoch yields change(global batch index, batch) instead of each batch."""
+  steps_per_epoch = _model_mesh_input(config)[2].steps_per_epoch
+  original = pipeline.TrainInput.epoch
+  def epoch(self, e):
+    for i, batch in enumerate(original(self, e)):
+      yield change(e * steps_per_epoch + i, batch)
+  monkeypatch.setattr(pipeline.TrainInput, 'epoch', epoch)
+  return steps_per_epoch
 
 
 def test_stage2_learning_rate_is_divided_by_10_every_10_epochs():
@@ -66,23 +89,27 @@ def test_stage2_groups_take_their_rates_and_weight_decay():
   assert float(_leaves(updates)['text/kernel'][0]) == pytest.approx(-1e-3, rel=1e-4)
 
 
-def test_stage1_freezes_the_backbone_and_stage2_trains_it(tiny_dataset, tmp_path, request):
-  config = tiny_train_config(tiny_dataset[0])
-  trainer = train.Trainer(config, str(tmp_path))
-  request.addfinalizer(trainer.close)
-  state = trainer.initial_state()
+def test_stage1_freezes_the_backbone_and_stage2_trains_it(tiny_dataset):
+  config = tiny_train_config(tiny_dataset[0])  # 2 stage-2 epochs, the rate decayed after 1
+  model, mesh, train_input = _model_mesh_input(config)
+  steps_per_epoch = train_input.steps_per_epoch
+  state = train.create_train_state(config, model, mesh)
   before = _leaves({'params': state.params, 'batch_stats': state.batch_stats})
-  batch = trainer.global_batch(next(trainer.input.epoch(0)))
-  after1, _ = trainer.step_fn(1)(state, batch)
+  batch = train.global_batch(next(train_input.epoch(0)), mesh)
+  after1, metrics = train.make_train_step(config, model, 1, steps_per_epoch, mesh)(state, batch)
+  assert float(metrics['lr']) == pytest.approx(config.train.stage1_lr)
   after1 = _leaves({'params': after1.params, 'batch_stats': after1.batch_stats})
   for key, value in before.items():
     if '/backbone/' in key:
       np.testing.assert_array_equal(after1[key], value, err_msg=key)
   assert not np.array_equal(after1['params/image_global/Dense_0/kernel'],
                             before['params/image_global/Dense_0/kernel'])
-  state = trainer.initial_state()  # the first was donated
-  state = state.replace(opt_state=trainer._tx(2).init(state.params))
-  after2, _ = trainer.step_fn(2)(state, batch)
+  state = train.start_stage(train.create_train_state(config, model, mesh), config, 2, mesh)
+  # the second epoch of stage 2, after one decay: the step reports the rate it used
+  state = state.replace(step=state.step + (config.train.stage1_epochs + 1) * steps_per_epoch)
+  after2, metrics = train.make_train_step(config, model, 2, steps_per_epoch, mesh)(state, batch)
+  t = config.train
+  assert float(metrics['lr']) == pytest.approx(t.stage2_lr * t.lr_decay_factor) != t.stage2_lr
   after2 = _leaves({'params': after2.params, 'batch_stats': after2.batch_stats})
   assert not np.array_equal(after2['params/backbone/conv1/kernel'],
                             before['params/backbone/conv1/kernel'])
@@ -90,62 +117,47 @@ def test_stage1_freezes_the_backbone_and_stage2_trains_it(tiny_dataset, tmp_path
                             before['batch_stats/backbone/bn1/mean'])
 
 
-def test_stage1_step_has_no_backbone_backward_pass(tiny_dataset, tmp_path, request):
+def test_stage1_step_has_no_backbone_backward_pass(tiny_dataset):
   """The frozen backbone costs a forward pass only: stage 1 has far fewer FLOPs than stage 2."""
-  trainer = train.Trainer(tiny_train_config(tiny_dataset[0]), str(tmp_path))
-  request.addfinalizer(trainer.close)
-  state = trainer.initial_state()
-  batch = trainer.global_batch(next(trainer.input.epoch(0)))
-  states = {1: state, 2: state.replace(opt_state=trainer._tx(2).init(state.params))}
-  flops = {stage: trainer.step_fn(stage).lower(states[stage], batch).compile().cost_analysis()[
-      'flops'] for stage in (1, 2)}
+  config = tiny_train_config(tiny_dataset[0])
+  model, mesh, train_input = _model_mesh_input(config)
+  state = train.create_train_state(config, model, mesh)
+  batch = train.global_batch(next(train_input.epoch(0)), mesh)
+  states = {1: state, 2: train.start_stage(state, config, 2, mesh)}
+  flops = {stage: train.make_train_step(config, model, stage, train_input.steps_per_epoch, mesh)
+           .lower(states[stage], batch).compile().cost_analysis()['flops'] for stage in (1, 2)}
   assert flops[1] < 0.6 * flops[2], flops
 
 
 @pytest.mark.slow
-def test_sigterm_then_rerun_resumes_exactly(tiny_dataset, tmp_path, monkeypatch, request):
+def test_sigterm_then_rerun_resumes_exactly(tiny_dataset, tmp_path, monkeypatch):
   config = tiny_train_config(tiny_dataset[0])
-  with train.Trainer(config, str(tmp_path / 'straight')) as trainer:
-    reference = trainer.train()
+  reference = train.train(config, str(tmp_path / 'straight'))
 
-  interrupted = train.Trainer(config, str(tmp_path / 'resumed'))
-  request.addfinalizer(interrupted.close)
-  original_step_fn = interrupted.step_fn
-  def step_fn(stage):
-    fn = original_step_fn(stage)
-    def wrapped(state, batch):
-      out = fn(state, batch)
-      if int(out[0].step) == 23:  # mid stage 2, between checkpoints
-        os.kill(os.getpid(), signal.SIGTERM)
-      return out
-    return wrapped
-  monkeypatch.setattr(interrupted, 'step_fn', step_fn)
+  def sigterm_before_step_23(i, batch):  # mid stage 2, between checkpoints
+    if i == 22:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+  steps_per_epoch = _epochs_that(monkeypatch, config, sigterm_before_step_23)
   with pytest.raises(SystemExit, match='stopped by SIGTERM at step 23'):
-    interrupted.train()
-  assert interrupted.checkpoints.latest_step() == 23
-  with train.Trainer(config, str(tmp_path / 'resumed')) as trainer:
-    resumed = trainer.train()
-  assert int(resumed.step) == int(reference.step) == 3 * interrupted.steps_per_epoch
+    train.train(config, str(tmp_path / 'resumed'))
+  assert _saved_steps(tmp_path / 'resumed' / 'checkpoints')[-1] == 23
+  monkeypatch.undo()
+  resumed = train.train(config, str(tmp_path / 'resumed'))
+  assert int(resumed.step) == int(reference.step) == 3 * steps_per_epoch
   want, got = _leaves(reference.params), _leaves(resumed.params)
   for key in want:
     np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path,
-                                                                 monkeypatch, request):
+                                                                 monkeypatch):
   config = tiny_train_config(tiny_dataset[0])
-  trainer = train.Trainer(config, str(tmp_path))
-  request.addfinalizer(trainer.close)
-  original_epoch = trainer.input.epoch
-  def poisoned(epoch):
-    for i, batch in enumerate(original_epoch(epoch)):
-      if epoch * trainer.steps_per_epoch + i >= 12:
-        batch = batch | {'image': np.full_like(batch['image'], np.nan)}
-      yield batch
-  monkeypatch.setattr(trainer.input, 'epoch', poisoned)
+  _epochs_that(monkeypatch, config, lambda i, batch: batch | {
+      'image': np.full_like(batch['image'], np.nan)} if i >= 12 else batch)
   with pytest.raises(UserError, match=r'non-finite loss at step (14|15|20).*step 10\) is kept'):
-    trainer.train()
-  assert trainer.checkpoints.latest_step() == 10
+    train.train(config, str(tmp_path))
+  assert _saved_steps(tmp_path / 'checkpoints')[-1] == 10
 
 
 def _truncate(folder):
@@ -156,24 +168,36 @@ def _truncate(folder):
       os.truncate(path, os.path.getsize(path) // 2)
 
 
-def test_unreadable_checkpoints_are_moved_aside_and_the_newest_good_one_is_used(
-    tiny_dataset, tmp_path, capsys, caplog):
+@pytest.fixture(scope='module')
+def stage1_run(tiny_dataset, tmp_path_factory):
+  """(config, workdir) of a stage-1-only run checkpointed every 4 steps; tests use copies."""
   config = tiny_train_config(tiny_dataset[0])
   config.train.stage1_epochs, config.train.stage2_epochs, config.train.checkpoint_every_steps = 1, 0, 4
+  workdir = tmp_path_factory.mktemp('stage1')
+  train.train(config, str(workdir))
+  return config, workdir
+
+
+def _copy_of(run, tmp_path):
+  """The config of `run` and a copy of its workdir in tmp_path."""
+  shutil.copytree(run[1], tmp_path, dirs_exist_ok=True)
+  return run[0].copy_and_resolve_references()
+
+
+def test_unreadable_checkpoints_are_moved_aside_and_the_newest_good_one_is_used(
+    stage1_run, tmp_path, capsys, caplog):
+  config = _copy_of(stage1_run, tmp_path)
   workdir = str(tmp_path)
-  with train.Trainer(config, workdir) as trainer:
-    trainer.train()
-    steps = trainer.checkpoints.all_steps()
-    best = trainer.best.latest_step()
+  steps, best = _saved_steps(tmp_path / 'checkpoints'), _saved_steps(tmp_path / 'best')[-1]
   assert len(steps) == 3 and best == steps[-1]
   _truncate(os.path.join(workdir, 'checkpoints', str(steps[-1])))
   capsys.readouterr()
-  with train.Trainer(config, workdir) as trainer:  # the rerun: one warning line, then resume
-    trainer.train()
+  train.train(config, workdir)  # the rerun: one warning line, then resume
   assert f'resuming from step {steps[-2]} (stage 1)' in capsys.readouterr().out
   _truncate(os.path.join(workdir, 'best', str(best)))
-  with train.Trainer(config, workdir) as trainer:
-    assert trainer.evaluation_variables()[1] == f'the last checkpoint (step {steps[-1]})'
+  model, mesh, _ = _model_mesh_input(config)
+  assert train.load_variables(config, workdir, model, mesh)[1] == (
+      f'the last checkpoint (step {steps[-1]})')
   noise = ('custom data configuration', 'Waiting for previous save')  # TFDS; orbax under load
   warnings = [r.getMessage() for r in caplog.records if r.levelname in ('WARNING', 'ERROR')
               and not any(n in r.getMessage() for n in noise)]
@@ -199,16 +223,15 @@ from tests.helpers import tiny_config, tiny_train_config
 if 'SLURM_JOB_ID' in os.environ:  # one of N processes (tests/processes.py)
   jax.distributed.initialize()
 config = tiny_train_config(tiny_config({data_dir!r}))
-trainer = train.Trainer(config, {workdir!r})
-state = trainer.initial_state()
-state = state.replace(opt_state=trainer._tx(2).init(state.params))
+meta = pipeline.dataset_meta(config.data)
+model, mesh, train_input = train.make_model(config, meta), train.make_mesh(), pipeline.TrainInput(config, meta)
+state = train.start_stage(train.create_train_state(config, model, mesh), config, 2, mesh)
+step = train.make_train_step(config, model, 2, train_input.steps_per_epoch, mesh)
 rows = config.train.batch_size // jax.process_count()  # each process feeds its rows of ...
 mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
-whole = pipeline.TrainInput(config, trainer.meta).epoch(0)  # ... the same global batches
-for batch in itertools.islice(whole, 3):
+for batch in itertools.islice(train_input.epoch(0), 3):  # ... the same global batches
   local = {{k: v[mine] for k, v in batch.items()}}
-  state, metrics = trainer.step_fn(2)(state, trainer.global_batch(local))
-trainer.close()
+  state, metrics = step(state, train.global_batch(local, mesh))
 leaves = jax.tree.leaves(jax.device_get(state.params))
 if jax.process_index() == 0:
   print(json.dumps({{'devices': jax.device_count(), 'processes': jax.process_count(),
@@ -217,9 +240,9 @@ if jax.process_index() == 0:
 """
 
 
-def _steps(config, workdir, devices: int, processes: int) -> dict:
+def _steps(config, devices: int, processes: int) -> dict:
   """_STEPS's result on `devices` devices spread over `processes` processes."""
-  script = _STEPS.format(root=ROOT, data_dir=config.data.data_dir, workdir=workdir)
+  script = _STEPS.format(root=ROOT, data_dir=config.data.data_dir)
   outs = processes_lib.spawn([sys.executable, '-c', script], processes, cwd=ROOT,
                              env={'JAX_NUM_CPU_DEVICES': str(devices // processes)})
   for out in outs:
@@ -230,17 +253,17 @@ def _steps(config, workdir, devices: int, processes: int) -> dict:
 
 
 @pytest.fixture(scope='module')
-def one_device_steps(tiny_dataset, tmp_path_factory):
-  return _steps(tiny_dataset[0], str(tmp_path_factory.mktemp('1x1')), 1, 1)
+def one_device_steps(tiny_dataset):
+  return _steps(tiny_dataset[0], 1, 1)
 
 
 @pytest.mark.parametrize('devices,processes', [
     (2, 1), pytest.param(2, 2, marks=pytest.mark.slow)], ids=['2 devices', '2 processes'])
 def test_three_steps_are_the_same_on_one_device_and_on_several(devices, processes, tiny_dataset,
-                                                               one_device_steps, tmp_path):
+                                                               one_device_steps):
   """Data parallel over 2 local devices, or over 2 processes (hosts) on gloo, as on 1 device:
   same loss, same parameters, on the same global batches."""
-  result = _steps(tiny_dataset[0], str(tmp_path), devices, processes)
+  result = _steps(tiny_dataset[0], devices, processes)
   assert result['loss'] == pytest.approx(one_device_steps['loss'], rel=1e-5)
   # Adam divides by sqrt(v) + eps, so an element whose gradient is near 0 turns float order into
   # a visible step: the stem's BN bias (|x| summed: 0.018) moved by 3.6e-5 between 1 and 2 devices.
@@ -251,9 +274,9 @@ _TWO_MANAGERS = """
 import sys
 import jax, numpy as np, orbax.checkpoint as ocp
 sys.path.insert(0, {root!r})
-from dssl_jax import train
+from dssl_jax import checkpoints
 jax.distributed.initialize()
-managers = [train._checkpoint_manager({workdir!r}, name, 1) for name in ('checkpoints', 'best')]
+managers = [checkpoints.manager({workdir!r}, name, 1) for name in ('checkpoints', 'best')]
 for manager in managers:  # process 0 still writes the first while process 1 (nothing to write) ...
   manager.save(11, args=ocp.args.StandardSave({{'w': np.arange(1e6)}}))  # ... reaches its barrier
 for manager in managers:
@@ -284,24 +307,23 @@ print(json.dumps(train.evaluate_workdir(config, {workdir!r})))
 """
 
 
-def test_eval_checkpoint_picks_a_kept_step_into_its_own_results_file(tiny_dataset, tmp_path):
-  config = tiny_train_config(tiny_dataset[0])
-  config.train.stage1_epochs, config.train.stage2_epochs, config.train.checkpoint_every_steps = 1, 0, 4
-  with train.Trainer(config, str(tmp_path)) as trainer:
-    trainer.train()
-    steps = sorted(trainer.checkpoints.all_steps())
-    saved = {step: _leaves(trainer.read(step)[0].params) for step in (steps[0], steps[-1])}
+def test_eval_checkpoint_picks_a_kept_step_into_its_own_results_file(stage1_run, tmp_path):
+  config = _copy_of(stage1_run, tmp_path)
+  model, mesh, _ = _model_mesh_input(config)
+  abstract = functools.partial(train.abstract_train_state, config, model, mesh)
+  with checkpoints.managers(str(tmp_path), config) as (kept, _):
+    steps = sorted(kept.all_steps())
+    saved = {step: _leaves(checkpoints.read_state(kept, step, abstract)[0].params)
+             for step in (steps[0], steps[-1])}
   assert any(not np.array_equal(saved[steps[0]][k], saved[steps[-1]][k]) for k in saved[steps[0]])
   for choice, which, step in (('last', f'the last checkpoint (step {steps[-1]})', steps[-1]),
                               (str(steps[0]), f'checkpoint {steps[0]}', steps[0])):
     config.eval.checkpoint = choice
-    with train.Trainer(config, str(tmp_path)) as trainer:
-      variables, got = trainer.evaluation_variables()
-      assert got == which
-      for key, value in _leaves(variables['params']).items():
-        np.testing.assert_array_equal(value, saved[step][key])
-  with train.Trainer(config, str(tmp_path)) as trainer:
-    trainer.final_evaluation()
+    variables, got = train.load_variables(config, str(tmp_path), model, mesh)
+    assert got == which
+    for key, value in _leaves(variables['params']).items():
+      np.testing.assert_array_equal(value, saved[step][key])
+  train.evaluate_workdir(config, str(tmp_path))
   with open(tmp_path / f'results_test_{steps[0]}.json') as f:
     assert json.load(f)['evaluated'] == f'checkpoint {steps[0]}'
   assert os.path.isfile(tmp_path / f'retrieval_test_{steps[0]}.png')
@@ -340,9 +362,9 @@ def test_a_workdir_saved_before_an_option_existed_loads_with_its_default(tmp_pat
   del saved['model']['zero_init_residual'], saved['eval']['checkpoint']
   del saved['loss']['rank_reduction']
   (tmp_path / 'config.json').write_text(json.dumps(saved))
-  (tmp_path / train.META_FILE).write_text(json.dumps({'vocabulary': ['<pad>', 'red'],
+  (tmp_path / checkpoints.META_FILE).write_text(json.dumps({'vocabulary': ['<pad>', 'red'],
                                                       'num_train_identities': 3}))
-  loaded, meta = train.load_workdir(str(tmp_path))
+  loaded, meta = checkpoints.load_workdir(str(tmp_path))
   assert loaded.model.zero_init_residual == base.get_config().model.zero_init_residual
   assert loaded.eval.checkpoint == 'best'
   assert loaded.loss.rank_reduction == 'mean'  # what eq. 3 did before the option existed
@@ -356,28 +378,28 @@ def test_eval_without_checkpoint_or_with_another_model_is_one_clear_error(tiny_d
   with pytest.raises(UserError, match='no readable checkpoint in .*train first'):
     train.evaluate_workdir(config, str(tmp_path))
   config.train.stage1_epochs, config.train.stage2_epochs = 1, 0
-  with train.Trainer(config, str(tmp_path)) as trainer:
-    trainer.save(trainer.initial_state(), stage=1)
+  model, mesh, _ = _model_mesh_input(config)
+  with checkpoints.managers(str(tmp_path), config) as (saved, _):
+    checkpoints.save_state(saved, train.create_train_state(config, model, mesh), stage=1)
   other = config.copy_and_resolve_references()
   other.model.embed_dim = 64
   with pytest.raises(UserError, match='does not fit the configured model'):
     train.evaluate_workdir(other, str(tmp_path))
 
 
-def test_mixed_precision_trains_like_float32(tiny_dataset, tmp_path, request):
+def test_mixed_precision_trains_like_float32(tiny_dataset):
   """Stage-2 steps on one batch from the same start: bfloat16 compute follows float32's losses."""
   curves = {}
   for dtype in ('float32', 'bfloat16'):
     config = tiny_train_config(tiny_dataset[0])
     config.model.dtype = dtype
-    trainer = train.Trainer(config, str(tmp_path / dtype))
-    request.addfinalizer(trainer.close)
-    state = trainer.initial_state()
-    state = state.replace(opt_state=trainer._tx(2).init(state.params))
-    batch = trainer.global_batch(next(trainer.input.epoch(0)))
+    model, mesh, train_input = _model_mesh_input(config)
+    state = train.start_stage(train.create_train_state(config, model, mesh), config, 2, mesh)
+    step = train.make_train_step(config, model, 2, train_input.steps_per_epoch, mesh)
+    batch = train.global_batch(next(train_input.epoch(0)), mesh)
     curves[dtype] = []
     for _ in range(12):
-      state, metrics = trainer.step_fn(2)(state, batch)
+      state, metrics = step(state, batch)
       curves[dtype].append(float(metrics['loss']))
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype('float32')}
   print({k: [round(x, 2) for x in v] for k, v in curves.items()})

@@ -5,7 +5,6 @@ number of batches per epoch on every process. Eval: a gallery (one entry per ima
 (one per caption), in order, the last batch padded and marked by `valid`. Words become ids with
 the train vocabulary; sentences and phrases are padded, with masks (id 0 = padding, never a word).
 """
-import dataclasses
 from typing import Iterator
 
 import ml_collections
@@ -16,6 +15,7 @@ import tensorflow_datasets as tfds
 from dssl_jax.data import builders
 from dssl_jax.data import clip_tokenizer
 from dssl_jax.data.builders.person_text import PHRASE_SEPARATOR
+from dssl_jax.data.formats import DatasetMeta
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
 
@@ -33,20 +33,6 @@ CROP_PADDING = 10  # pixels of black border before the random crop back to the i
 # scale=(0.02, 0.4)): with probability 0.5, one rectangle of 2-40% of the image, aspect ratio
 # log-uniform in (0.3, 3.3), set to the mean pixel (0 after normalization); 10 tries to fit.
 ERASE_PROBABILITY, ERASE_SCALE, ERASE_RATIO, ERASE_TRIES = 0.5, (0.02, 0.4), (0.3, 3.3), 10
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetMeta:
-  """What the model and the loop need to know of a built dataset."""
-  vocabulary: list
-  num_train_identities: int
-  kept: dict  # split -> {images, captions, identities}
-  splits: tuple
-  tagger: str = ''  # the POS tagger the phrases were made with ('' = not recorded: built before)
-
-  @property
-  def vocab_size(self) -> int:
-    return len(self.vocabulary)
 
 
 def _builder(data: ml_collections.ConfigDict):
@@ -271,6 +257,11 @@ class TrainInput:
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     ds = tf.data.Dataset.zip(ds, seeds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(self.local_batch, drop_remainder=True).take(self.steps_per_epoch)
+    if d.input_threads:  # a pool of its own, each op on one thread: the pipeline's cores
+      options = tf.data.Options()
+      options.threading.private_threadpool_size = d.input_threads
+      options.threading.max_intra_op_parallelism = 1
+      ds = ds.with_options(options)
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
@@ -315,27 +306,3 @@ def queries(config, meta: DatasetMeta, split: str, process_index: int = 0,
       lambda caption: {'person_id': tf.cast(ex['person_id'], tf.int32), 'text': caption['text'],
                        **encoder(caption)}))
   return padded_batches(ds, config.eval.batch_size)
-
-
-def random_batch(config, vocab_size: int, num_classes: int, batch_size: int, seed: int = 0):
-  """A train batch of random pairs in the pipeline's format; ids repeat so some pairs share a
-  person; every caption has 1..n phrases, the rest padding."""
-  rng = np.random.default_rng(seed)
-  d = config.data
-  labels = rng.integers(0, num_classes, batch_size)
-  labels[1] = labels[0]
-  lengths = rng.integers(3, d.max_words + 1, batch_size)
-  token_mask = np.arange(d.max_words) < lengths[:, None]
-  n_phrases = rng.integers(1, d.max_phrases + 1, batch_size)
-  length = dssl.phrase_length(config)
-  phrase_lengths = rng.integers(1, length + 1, (batch_size, d.max_phrases))
-  phrase_mask = ((np.arange(length) < phrase_lengths[..., None])
-                 & (np.arange(d.max_phrases) < n_phrases[:, None])[..., None])
-  return {
-      'image': rng.normal(size=(batch_size, *d.image_size, 3)).astype(np.float32),
-      'label': labels.astype(np.int32), 'person_id': (labels + 100).astype(np.int32),
-      'tokens': np.where(token_mask, rng.integers(1, vocab_size, token_mask.shape), 0
-                         ).astype(np.int32), 'token_mask': token_mask,
-      'phrases': np.where(phrase_mask, rng.integers(1, vocab_size, phrase_mask.shape), 0
-                          ).astype(np.int32), 'phrase_mask': phrase_mask,
-  }

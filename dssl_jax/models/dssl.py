@@ -149,6 +149,21 @@ class DSSL(nn.Module):
       f['T_P'], f['T_L'] = f['T_G'], f['M_T']
     return f
 
+  def zero_shot_image(self, images: jax.Array) -> jax.Array:
+    """CLIP's own image feature, the projected class token (no DSSL head): zero-shot retrieval."""
+    self._need_clip('zero_shot_image')
+    return self.backbone(images)[0].astype(jnp.float32)
+
+  def zero_shot_text(self, tokens: jax.Array) -> jax.Array:
+    """CLIP's own sentence feature, the projected end-of-text token: zero-shot retrieval."""
+    self._need_clip('zero_shot_text')
+    return self.text(tokens)[0].astype(jnp.float32)
+
+  def _need_clip(self, what: str):
+    if self.config.backbone != 'clip':
+      raise UserError(f'{what}: zero-shot retrieval (config.eval.zero_shot) needs '
+                      f"config.model.backbone='clip', got {self.config.backbone!r}")
+
   def _clip_text(self, tokens, phrases, phrase_mask) -> tuple[jax.Array, jax.Array]:
     """Sentence feature [B, d] and phrase features [B, n, d]. 'span': phrase_mask [B, n, L] marks
     each phrase's tokens in the sentence, whose pass gives them (mean over the span); 'separate':

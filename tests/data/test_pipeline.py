@@ -21,6 +21,11 @@ def test_epochs_are_reproducible_and_differ(tiny_dataset):
   assert not np.array_equal(first[0]['tokens'], second[0]['tokens'])
   labels = np.concatenate([b['label'] for b in first])
   assert labels.min() >= 0 and labels.max() < meta.num_train_identities
+  single = config.copy_and_resolve_references()
+  single.data.input_threads = 1  # a thread pool of its own changes the speed, not the data
+  for got, want in zip(_epoch(single, meta, 0), first, strict=True):
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
 def _with_augment(config, augment):

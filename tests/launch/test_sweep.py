@@ -5,11 +5,10 @@ import os
 import subprocess
 
 import jax
-import numpy as np
 import pytest
 
 from dssl_jax import losses
-from dssl_jax.data.pipeline import random_batch
+from dssl_jax.data.formats import random_batch
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
 from launch import sweep as sweep_lib

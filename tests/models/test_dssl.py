@@ -8,7 +8,7 @@ import pytest
 from dssl_jax import losses
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
-from dssl_jax.data.pipeline import random_batch
+from dssl_jax.data.formats import random_batch
 from tests.helpers import init_model, tiny_model_config
 
 

@@ -63,6 +63,7 @@ def test_mismatched_weights_fail_with_one_clear_line(tmp_path):
     weights.load_backbone(str(tmp_path / 'broken.npz'), ResNet(18).init(jax.random.key(0), images))
 
 
+@pytest.mark.slow
 def test_training_step_matches_torchvision(tmp_path):
   """Train mode, the whole network, in float64 (in float32 both frameworks' gradients through 53
   batch-norm layers of a random ResNet-50 agree only to ~1e-2): the input gradient, kernel

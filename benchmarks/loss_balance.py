@@ -1,7 +1,7 @@
 """How the stage-2 terms (eq. 19-21, eq. 2) weigh against each other: each term's value and the
 norm of its own gradient on the backbone, the text encoder and the heads.
 
-  python -m dssl_jax.loss_balance --config configs/synthetic.py [--batch 32] [--config.x=y ...]
+  python -m benchmarks.loss_balance --config configs/synthetic.py [--batch 32] [--config.x=y ...]
 
 Random initial parameters and a random batch of the config's shapes (no dataset needed): the state
 at the start of stage 2 when nothing has been learnt yet. A term whose gradient is orders of
@@ -17,7 +17,7 @@ from ml_collections import config_flags
 import optax
 
 from dssl_jax import cli, losses
-from dssl_jax.data import pipeline
+from dssl_jax.data import formats
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
 
@@ -81,7 +81,7 @@ def main(argv):
     model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), FLAGS.vocab, classes)
     params_rng, sdm_rng = jax.random.split(jax.random.PRNGKey(FLAGS.seed))
     variables = dssl.init_variables(model, params_rng, config)
-    batch = pipeline.random_batch(config, FLAGS.vocab, classes, batch_size, FLAGS.seed)
+    batch = formats.random_batch(config, FLAGS.vocab, classes, batch_size, FLAGS.seed)
     table = term_gradients(config, variables, batch, sdm_rng, model)
   except UserError as e:
     cli.fail(str(e))

@@ -1,10 +1,10 @@
 """The benchmark's PyTorch side: a train step of torchvision's ResNet + torch.nn.GRU, or of
 open_clip's CLIP encoders, timed.
 
-  python -m dssl_jax.torch_reference --batch 32 --height 384 --width 128 --parts image,text,both
-  python -m dssl_jax.torch_reference --batch 64 --parts clip     # ViT-B/16 + text Transformer
+  python -m benchmarks.torch_reference --batch 32 --height 384 --width 128 --parts image,text,both
+  python -m benchmarks.torch_reference --batch 64 --parts clip     # ViT-B/16 + text Transformer
 
-`dssl_jax.benchmark --what=reference` runs this in a child process (torchvision must not be
+`benchmarks.benchmark --what=reference` runs this in a child process (torchvision must not be
 imported after TensorFlow, and each framework gets the cores to itself) and times the same model
 in JAX (`benchmark.ReferenceModel`): ResNet -> global pool -> FC for images; embeddings -> one
 bi-GRU over the sentence and over each phrase -> FC for texts; a shared ID classifier (cross
@@ -20,7 +20,7 @@ import json
 import torch
 import torchvision
 
-from dssl_jax.timing import median_seconds
+from benchmarks.timing import median_seconds
 
 
 class ReferenceModel(torch.nn.Module):

@@ -1,22 +1,25 @@
 """Benchmarks that print figures (JSON lines): train steps, evaluation, input pipeline, search.
 
-  python -m dssl_jax.benchmark --config configs/cuhk.py --what train,reference [--batch 32]
-  python -m dssl_jax.benchmark --config configs/cuhk_clip.py --what train,clip_reference
+  python -m benchmarks.benchmark --config configs/cuhk.py --what train,reference [--batch 32]
+  python -m benchmarks.benchmark --config configs/cuhk_clip.py --what train,clip_reference
 
 train: stage-1 and stage-2 step time on random data of the config's shapes (no dataset needed),
 compile time, FLOPs per step from XLA's cost analysis and the FLOP/s achieved. reference: the same
 plain model (ResNet + bi-GRU + ID and ranking losses, Adam) timed in JAX and in PyTorch
-(dssl_jax/torch_reference.py, a child process), per branch and whole, with the ratio.
+(benchmarks/torch_reference.py, a child process), per branch and whole, with the ratio.
 clip_reference: the same for the CLIP encoders of config.model.clip (ID and contrastive losses,
-Adam) against open_clip's, at the config's image size and max_words tokens. eval: gallery
-and query encoding rates, and Sim_TI on random features of CUHK-PEDES test size. ranking: metrics,
-the texts' nearest neighbours (a [Q, Q] matmul), re-ranking + its metrics and image-to-text metrics
-of a random similarity matrix (--gallery x --queries): time, and peak memory beyond the matrix.
+Adam) against open_clip's, at the config's image size and max_words tokens. eval_encode: gallery
+and query encoding rates; eval: those, and Sim_TI on random features of CUHK-PEDES test size.
+ranking: metrics, the texts' nearest neighbours (a [Q, Q] matmul), re-ranking + its metrics and
+image-to-text metrics of a random similarity matrix (--gallery x --queries): time, and peak memory
+beyond the matrix.
 input: the tf.data train pipeline alone (needs the built dataset). search: query latency on a
 random index, two stages and exact. prepare: generating (synthetic) and building the config's
 dataset. test_eval: the final evaluation of the built dataset's test split with a random model.
 Warm-up excluded; medians. Set JAX_NUM_CPU_DEVICES=N to time N virtual CPU devices. peak_rss_gb
-is the process's: run one --what per command to read it per stage.
+is the process's: run one --what per command to read it per stage. train, eval_encode, eval and
+ranking need neither TensorFlow nor a dataset: they run where only jax, flax, optax, orbax,
+ml-collections, absl and numpy are installed (a GPU machine's JAX, for instance).
 """
 import functools
 import itertools
@@ -29,7 +32,6 @@ import time
 
 from absl import app
 from absl import flags
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,16 +39,14 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from dssl_jax import cli, evaluate, index as index_lib, losses, rerank, train
-from dssl_jax.data import pipeline
+from dssl_jax import cli, evaluate, rerank, train
+from dssl_jax.data import formats
 from dssl_jax.errors import UserError
-from dssl_jax.models import clip
 from dssl_jax.models import dssl
-from dssl_jax.models.resnet import ResNet
-from dssl_jax.models.text import TextEncoder
-from dssl_jax.timing import median_seconds, peak_megabytes
+from benchmarks import reference_models
+from benchmarks.timing import median_seconds, peak_megabytes
 
-WHAT = ('train', 'reference', 'clip_reference', 'eval', 'ranking', 'input', 'search', 'prepare',
+WHAT = ('train', 'reference', 'clip_reference', 'eval', 'eval_encode', 'ranking', 'input', 'search', 'prepare',
         'test_eval')
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cuhk.py; override '
                                 'fields with --config.a.b=value.', lock_config=True)
@@ -62,6 +62,8 @@ flags.DEFINE_integer('candidates', 1000, 'Images per query that the first search
                      'to the full Sim_TI (--what=search).')
 flags.DEFINE_string('scratch', None, 'Folder for the temporary --what=search index.')
 flags.DEFINE_integer('batches', 0, 'Batches per timed pass of --what=input (0: one epoch).')
+flags.DEFINE_list('input_threads', ['1', '2'], 'Threads of the --what=input passes, one pass '
+                  'each (0: tf.data\'s pool over every core).')
 FLAGS = flags.FLAGS
 
 
@@ -82,19 +84,17 @@ def _model(config):
 def bench_train(config, batch_size: int, reps: int):
   model, mesh = _model(config), train.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   d = config.data
   variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
-  batch = jax.device_put(pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size),
-                         sharded)
+  batch = train.global_batch(
+      formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size), mesh)
   params = sum(x.size for x in jax.tree.leaves(variables['params']))
   for stage in (1, 2):
     tx = train.make_optimizer(config, stage, steps_per_epoch=1000)
     state = jax.device_put(train.TrainState(
         jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
         tx.init(variables['params']), jax.random.PRNGKey(1)), replicated)
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, config=config,
-                                     stage=stage), out_shardings=(replicated, replicated))
+    step = train.make_train_step(config, model, stage, 1000, mesh, donate=False)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
@@ -116,59 +116,10 @@ def _backbone_name(model) -> str:
   return f'resnet{model.depth}'
 
 
-class ReferenceModel(nn.Module):
-  """dssl_jax.torch_reference.ReferenceModel in Flax, from the ResNet and text encoder DSSL uses;
-  returns the loss of `part` (image | text | both)."""
-  config: ml_collections.FrozenConfigDict  # config.model
-  vocab_size: int
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, batch: dict, part: str):
-    c = self.config
-    classifier = nn.Dense(self.num_classes, use_bias=False, name='classifier')
-    loss = 0.0
-    if part in ('image', 'both'):
-      feature_map = ResNet(c.depth, c.width, name='backbone')(batch['image'], train=True)
-      v = nn.Dense(c.embed_dim, name='image_fc')(feature_map.mean(axis=(1, 2)))
-      loss += losses.id_loss(classifier(v), batch['label'])
-    if part in ('text', 'both'):
-      text = TextEncoder(self.vocab_size, c.word_dim, c.embed_dim // 2, name='text')
-      phrases = text(batch['phrases'], batch['phrase_mask']).mean(axis=1)
-      sentences = text(batch['tokens'], batch['token_mask'])
-      t = nn.Dense(c.embed_dim, name='text_fc')(sentences + phrases)
-      loss += losses.id_loss(classifier(t), batch['label'])
-    if part == 'both':
-      loss += losses.rank_loss(v, t, batch['label'], margin=0.2)
-    return loss
-
-
-class ClipReferenceModel(nn.Module):
-  """dssl_jax.torch_reference's `clip` step in Flax: our CLIP encoders, an ID classifier on the
-  image and sentence features and CLIP's contrastive loss."""
-  config: ml_collections.FrozenConfigDict  # config.model
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, batch: dict, part: str):
-    del part  # one step only
-    image, text = clip.encoders(self.config.clip, context=batch['tokens'].shape[1])
-    v, _ = image(batch['image'])
-    t, _ = text(batch['tokens'])
-    classifier = nn.Dense(self.num_classes, use_bias=False, name='classifier')
-    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-    logits = unit(v) @ unit(t).T / 0.02
-    pairs = jnp.arange(len(v))
-    contrastive = (optax.softmax_cross_entropy_with_integer_labels(logits, pairs).mean()
-                   + optax.softmax_cross_entropy_with_integer_labels(logits.T, pairs).mean()) / 2
-    return (losses.id_loss(classifier(v), batch['label'])
-            + losses.id_loss(classifier(t), batch['label']) + contrastive)
-
-
 def _torch_records(arguments: list[str]) -> dict:
-  """dssl_jax.torch_reference's records, by name, run in a child process."""
+  """benchmarks.torch_reference's records, by name, run in a child process."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run([sys.executable, '-m', 'dssl_jax.torch_reference', *arguments],
+  result = subprocess.run([sys.executable, '-m', 'benchmarks.torch_reference', *arguments],
                           capture_output=True, text=True, check=False, cwd=root)
   if result.returncode:
     raise UserError(f'the PyTorch reference failed (pip install -r requirements-dev.txt?): '
@@ -189,8 +140,8 @@ def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'
          f'--clip_image_layers={k.image_layers}', f'--clip_image_heads={k.image_heads}',
          f'--clip_text_width={k.text_width}', f'--clip_text_layers={k.text_layers}',
          f'--clip_text_heads={k.text_heads}', f'--clip_embed={k.embed_dim}'])
-    model = ClipReferenceModel(ml_collections.FrozenConfigDict(c), FLAGS.classes)
-    batch = pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
+    model = reference_models.ClipReferenceModel(ml_collections.FrozenConfigDict(c), FLAGS.classes)
+    batch = formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
     batch['tokens'] = np.where(batch['token_mask'], batch['tokens'], 0)
     batch['tokens'][:, -1] = 49407
   else:
@@ -202,24 +153,15 @@ def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'
         [f'--parts={",".join(parts)}', *common, f'--depth={c.depth}', f'--embed_dim={c.embed_dim}',
          f'--word_dim={c.word_dim}', f'--vocab={FLAGS.vocab}', f'--max_phrases={d.max_phrases}',
          f'--max_phrase_words={d.max_phrase_words}'])
-    model = ReferenceModel(ml_collections.FrozenConfigDict(c), FLAGS.vocab, FLAGS.classes)
-    batch = pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
+    model = reference_models.ReferenceModel(ml_collections.FrozenConfigDict(c), FLAGS.vocab, FLAGS.classes)
+    batch = formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
   batch = jax.device_put(batch)
   tx = optax.adam(2e-4)
-
-  def step(params, batch_stats, opt_state, *, part):
-    def loss_fn(params):
-      loss, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch, part,
-                                  mutable=['batch_stats'])
-      return loss, updates.get('batch_stats', {})
-    (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state
-
   for part in parts:
     variables = jax.jit(model.init, static_argnums=2)(jax.random.PRNGKey(0), batch, part)
     state = (variables['params'], variables.get('batch_stats', {}), tx.init(variables['params']))
-    compiled = jax.jit(functools.partial(step, part=part)).lower(*state).compile()
+    compiled = jax.jit(functools.partial(reference_models.train_step, model=model, tx=tx,
+                                         batch=batch, part=part)).lower(*state).compile()
     seconds = median_seconds(lambda: jax.block_until_ready(compiled(*state)), reps)
     reference = torch_records[f'reference_{part}']
     _emit({'what': f'reference_{part}', 'framework': f'jax {jax.__version__}',
@@ -230,20 +172,24 @@ def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'
           flush=True)
 
 
-def bench_eval(config, batch_size: int, reps: int):
+def bench_eval_encode(config, batch_size: int, reps: int):
+  """Images/s and captions/s of the evaluation encoders on random batches (no dataset)."""
   model, mesh = _model(config), train.make_mesh()
-  d = config.data
   variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
   encoder = evaluate.Encoder(model, mesh)
-  batch = pipeline.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size) | {
+  batch = formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size) | {
       'valid': np.ones(batch_size, bool), 'person_id': np.arange(batch_size),
       'file_path': np.full(batch_size, b'x.jpg', object), 'text': np.full(batch_size, b'x', object)}
   images = median_seconds(lambda: encoder.gallery(variables, [batch]), reps)
   texts = median_seconds(lambda: encoder.queries(variables, [batch]), reps)
   _emit({'what': 'eval_encode', 'batch': batch_size, 'images_per_s': round(batch_size / images, 1),
          'queries_per_s': round(batch_size / texts, 1)})
+
+
+def bench_similarity(config):
+  """Sim_TI of random features of CUHK-PEDES test size (--gallery x --queries)."""
   rng = np.random.default_rng(0)
-  p, k, n = config.model.embed_dim, config.model.num_strips, d.max_phrases
+  p, k, n = config.model.embed_dim, config.model.num_strips, config.data.max_phrases
   gallery = {'V_P': rng.normal(size=(FLAGS.gallery, p)).astype(np.float32),
              'V_L': rng.normal(size=(FLAGS.gallery, k, p)).astype(np.float32)}
   queries = {'T_P': rng.normal(size=(FLAGS.queries, p)).astype(np.float32),
@@ -279,24 +225,31 @@ def bench_ranking(config):
   _emit(record)
 
 
-def bench_input(config, reps: int, batches: int):
-  """The train pipeline alone over `batches` batches (0: one epoch)."""
+def bench_input(config, reps: int, batches: int, threads: list[int]):
+  """The train pipeline alone (decode, resize, augmentation, tokens and phrases) over `batches`
+  batches (0: one epoch), on each of `threads` threads (config.data.input_threads; 0: tf.data's
+  pool over every core)."""
+  from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   meta = pipeline.dataset_meta(config.data)
-  train_input = pipeline.TrainInput(config, meta)
-  counts = []
-  def one_pass():
-    stream = itertools.islice(train_input.epoch(len(counts)), batches or None)
-    counts.append(sum(len(b['image']) for b in stream))
-  seconds = median_seconds(one_pass, reps)
-  _emit({'what': 'input', 'image_size': list(config.data.image_size),
-         'cache_decoded': config.data.cache_decoded, 'images': counts[-1],
-         'images_per_s': round(counts[-1] / seconds, 1),
-         'images_per_s_per_core': round(counts[-1] / seconds / os.cpu_count(), 1)})
+  for n in threads:
+    config = config.copy_and_resolve_references()
+    config.data.input_threads = n
+    train_input = pipeline.TrainInput(config, meta)
+    counts = []
+    def one_pass():
+      stream = itertools.islice(train_input.epoch(len(counts)), batches or None)
+      counts.append(sum(len(b['image']) for b in stream))  # pylint: disable=cell-var-from-loop
+    seconds = median_seconds(one_pass, reps)
+    cores = n or os.cpu_count()
+    _emit({'what': 'input', 'image_size': list(config.data.image_size),
+           'augment': list(config.data.augment), 'cache_decoded': config.data.cache_decoded,
+           'threads': cores, 'images': counts[-1], 'images_per_s': round(counts[-1] / seconds, 1),
+           'images_per_s_per_core': round(counts[-1] / seconds / cores, 1)})
 
 
 def bench_prepare(config):
   """Generating a synthetic dataset's files (if not there yet) and the TFDS build, timed apart."""
-  from dssl_jax.data import builders  # pylint: disable=g-import-not-at-top
+  from dssl_jax.data import builders, pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
   builder = builders.get_builder(d)
   if builder.is_prepared():
@@ -319,6 +272,7 @@ def bench_prepare(config):
 def bench_test_eval(config):
   """config.eval.split of the built dataset through a randomly initialised model of the config:
   encoding, Sim_TI, metrics and re-ranking, as the final evaluation runs them."""
+  from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   meta = pipeline.dataset_meta(config.data)
   model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), meta.vocab_size,
                     meta.num_train_identities)
@@ -341,6 +295,7 @@ def bench_test_eval(config):
 def bench_search(config, size: int, shard_size: int = 50_000):
   """Query latency over `size` indexed images (random features in the index's format): two stages
   (--candidates) and the exact scan, warm page cache."""
+  from dssl_jax import index as index_lib  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   p, k, n = config.model.embed_dim, config.model.num_strips, config.data.max_phrases
@@ -393,8 +348,10 @@ def main(argv):
         bench_reference(config, batch, FLAGS.reps)
       elif what == 'clip_reference':
         bench_reference(config, batch, FLAGS.reps, backbone='clip')
-      elif what == 'eval':
-        bench_eval(config, FLAGS.batch or config.eval.batch_size, FLAGS.reps)
+      elif what in ('eval', 'eval_encode'):
+        bench_eval_encode(config, FLAGS.batch or config.eval.batch_size, FLAGS.reps)
+        if what == 'eval':
+          bench_similarity(config)
       elif what == 'ranking':
         bench_ranking(config)
       elif what == 'search':
@@ -404,7 +361,7 @@ def main(argv):
       elif what == 'test_eval':
         bench_test_eval(config)
       else:
-        bench_input(config, FLAGS.reps, FLAGS.batches)
+        bench_input(config, FLAGS.reps, FLAGS.batches, [int(n) for n in FLAGS.input_threads])
   except UserError as error:
     cli.fail(str(error))
 

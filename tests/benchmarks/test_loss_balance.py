@@ -2,9 +2,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from dssl_jax import loss_balance, losses
-from dssl_jax.data.pipeline import random_batch
+from benchmarks import loss_balance
+from dssl_jax import losses
+from dssl_jax.data.formats import random_batch
 from tests.helpers import init_model, tiny_model_config
 
 
@@ -14,6 +16,7 @@ def _group_norms(grads):
                                 for x in jax.tree.leaves(sub)))) for g in loss_balance.GROUPS}
 
 
+@pytest.mark.slow
 def test_term_gradients_match_each_term_alone():
   config = tiny_model_config()
   model, variables = init_model(config)

@@ -1,0 +1,220 @@
+"""A run's files: orbax checkpoints and the config and vocabulary that read a workdir back.
+
+WORKDIR/checkpoints holds the train state every N steps and at the end of each stage (a rerun
+resumes from the newest readable one); WORKDIR/best holds the variables of the best epoch on val.
+A step whose files do not read back is moved aside, never deleted.
+"""
+import contextlib
+import itertools
+import json
+import os
+from typing import Callable
+
+from absl import logging
+from etils import epath
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import orbax.checkpoint as ocp
+
+from dssl_jax import defaults
+from dssl_jax.data import formats
+from dssl_jax.errors import UserError
+
+META_FILE = 'vocabulary.json'  # the dataset meta a workdir needs for inference without data
+STATE_ITEMS = ('state', 'meta')  # of a checkpoints/ step
+BEST_ITEMS = ('variables', 'meta')  # of a best/ step
+
+
+def manager(workdir: str, name: str, max_to_keep: int) -> ocp.CheckpointManager:
+  """WORKDIR/NAME. Each manager names its barriers after its folder: both save at a step where
+  validation improves, and with one name their background writes of that step meet at the same
+  barrier in another process, which fails the save ("Barrier ... is already ongoing")."""
+  with orbax_quiet():  # an unreadable checkpoint is reported once, when it is restored
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), name),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=name)))
+
+
+@contextlib.contextmanager
+def managers(workdir: str, config: ml_collections.ConfigDict):
+  """(checkpoints, best) of a workdir; on exit, waits for pending saves and stops their threads."""
+  both = (manager(workdir, 'checkpoints', config.train.keep_checkpoints),
+          manager(workdir, 'best', 1))
+  try:
+    yield both
+  finally:
+    for m in both:
+      m.wait_until_finished()
+      m.close()
+
+
+def save_state(checkpoints: ocp.CheckpointManager, state, stage: int):
+  step = int(state.step)
+  if step not in checkpoints.all_steps():
+    checkpoints.save(step, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({'stage': stage, 'step': step})))
+
+
+def read_state(checkpoints: ocp.CheckpointManager, step: int, abstract_state: Callable):
+  """(state, meta) of checkpoint `step` onto this run's devices; abstract_state(stage) gives the
+  tree to restore into (its optimizer state depends on the stage)."""
+  meta = checkpoints.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  state = checkpoints.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state(meta['stage']))))['state']
+  return state, meta
+
+
+def latest_state(checkpoints: ocp.CheckpointManager, abstract_state: Callable):
+  """read_state of the newest readable checkpoint; None when there is none."""
+  return newest_readable(checkpoints, lambda step: read_state(checkpoints, step, abstract_state))
+
+
+def best_r1(best: ocp.CheckpointManager) -> float:
+  """Val R1 of the best checkpoint so far (-1 without one)."""
+  meta = newest_readable(best, lambda step: best.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'], BEST_ITEMS)
+  return meta['R1'] if meta else -1.0
+
+
+def save_best(best: ocp.CheckpointManager, step: int, variables: dict, meta: dict):
+  best.save(step, force=True, args=ocp.args.Composite(
+      variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)))
+
+
+def evaluation_variables(config: ml_collections.ConfigDict, checkpoints: ocp.CheckpointManager,
+                         best: ocp.CheckpointManager, abstract_state: Callable) -> tuple[dict, str]:
+  """config.eval.checkpoint's variables (best: the best on val when a val split picked one, else
+  the latest checkpoint's; last; or a kept step), onto this run's devices, whatever device count
+  saved them, and the words that say which they are."""
+  choice = config.eval.checkpoint
+  stage2 = abstract_state(2)
+  try:
+    if choice == 'best':
+      found = newest_readable(best, lambda step: (step, best.restore(step, args=ocp.args.Composite(
+          variables=ocp.args.StandardRestore({'params': stage2.params,
+                                              'batch_stats': stage2.batch_stats})))['variables']),
+                              BEST_ITEMS)
+      if found:
+        return found[1], f'the best checkpoint on val (step {found[0]})'
+    if choice in ('best', 'last'):
+      restored = latest_state(checkpoints, abstract_state)
+    else:
+      kept = checkpoints.all_steps()
+      if not choice.isdigit() or int(choice) not in kept:
+        raise UserError(f'config.eval.checkpoint={choice!r}: best, last or a step kept in '
+                        f'{checkpoints.directory} ({", ".join(map(str, sorted(kept)))})')
+      restored = read_state(checkpoints, int(choice), abstract_state)
+  except (ValueError, KeyError) as e:  # orbax's words for a tree of other names or shapes
+    raise UserError(f'the checkpoint in {os.path.dirname(checkpoints.directory)} does not fit the '
+                    'configured model (config.model, dataset vocabulary or identities differ): '
+                    f'{str(e).splitlines()[0][:300]}') from None
+  if not restored:
+    raise UserError(f'no readable checkpoint in {checkpoints.directory}: train first '
+                    '(--mode=train with the same --workdir)')
+  state, meta = restored
+  which = (f'the last checkpoint (step {meta["step"]})' if choice in ('best', 'last')
+           else f'checkpoint {meta["step"]}')
+  return {'params': state.params, 'batch_stats': state.batch_stats}, which
+
+
+def newest_readable(checkpoints: ocp.CheckpointManager, read: Callable, items=STATE_ITEMS):
+  """read(step) of the newest checkpoint that reads back; None when none does.
+
+  A checkpoint that fails to read, and also fails to read without a target (so the failure is
+  the files', not a model that differs), is moved aside into DIRECTORY.unreadable/STEP, never
+  deleted, with one warning line: a truncated copy or a full disk must not stop every rerun.
+  """
+  for step in sorted(checkpoints.all_steps(), reverse=True):
+    try:
+      with orbax_quiet():
+        return read(step)
+    except Exception:  # pylint: disable=broad-except
+      if _reads_without_target(checkpoints, step, items):
+        raise  # the files are fine: the caller reports the mismatch
+    aside = epath.Path(f'{checkpoints.directory}.unreadable') / str(step)
+    for n in itertools.count(1):  # an earlier run's step of the same number may be there
+      if not aside.exists():
+        break
+      aside = aside.with_name(f'{step}-{n}')
+    if jax.process_index() == 0:
+      aside.parent.mkdir(parents=True, exist_ok=True)
+      (checkpoints.directory / str(step)).rename(aside)
+      logging.warning('checkpoint %s is unreadable (truncated or corrupt files): moved to %s',
+                      checkpoints.directory / str(step), aside)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'moved aside {checkpoints.directory}/{step}')
+    with orbax_quiet():
+      checkpoints.reload()
+  return None
+
+
+def _reads_without_target(checkpoints, step, items) -> bool:
+  """Whether every item of checkpoint `step` reads back as it was saved."""
+  try:
+    with orbax_quiet():
+      checkpoints.restore(step, args=ocp.args.Composite(**{
+          name: ocp.args.JsonRestore() if name == 'meta' else ocp.args.StandardRestore()
+          for name in items}))
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return True
+
+
+@contextlib.contextmanager
+def orbax_quiet():
+  """orbax logs its own errors (at absl's ERROR level) before raising: ours is the one line."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.FATAL)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+# ------------------------------------------------------------------------ workdir files
+
+def save_workdir_files(workdir: str, config: ml_collections.ConfigDict,
+                       meta: formats.DatasetMeta):
+  """config.json and the vocabulary (process 0): what inference needs without the dataset."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, META_FILE), 'w') as f:
+      json.dump({'vocabulary': meta.vocabulary, 'num_train_identities': meta.num_train_identities,
+                 'tagger': meta.tagger}, f)
+
+
+def _fill_missing(saved: dict, base: dict, prefix: str = '') -> list[str]:
+  """Adds to `saved` (in place) the keys of `base` it lacks; returns their dotted names."""
+  added = []
+  for key, default in base.items():
+    if key not in saved:
+      saved[key] = default
+      added.append(prefix + key)
+    elif isinstance(default, dict) and isinstance(saved[key], dict):
+      added += _fill_missing(saved[key], default, f'{prefix}{key}.')
+  return added
+
+
+def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, formats.DatasetMeta]:
+  """The config and the vocabulary a run was trained with, from its workdir alone. An option the
+  saved config predates takes its default (dssl_jax/defaults.py), with one warning."""
+  paths = [os.path.join(workdir, name) for name in ('config.json', META_FILE)]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise UserError(f'{missing[0]} not found: --workdir must be a trained dssl_jax workdir')
+  with open(paths[0]) as f:
+    saved = json.load(f)
+  added = _fill_missing(saved, defaults.get_config().to_dict())
+  if added:
+    logging.warning(f'{paths[0]} predates {", ".join(added)}: using the defaults of '
+                    'dssl_jax/defaults.py')
+  saved['data']['image_size'] = tuple(saved['data']['image_size'])  # json made it a list
+  with open(paths[1]) as f:
+    meta = json.load(f)
+  return ml_collections.ConfigDict(saved), formats.DatasetMeta(
+      meta['vocabulary'], meta['num_train_identities'], {}, (), meta.get('tagger', ''))

@@ -1,0 +1,46 @@
+"""What the input pipeline gives the model, without TensorFlow: a built dataset's meta, and
+random batches of the train format (benchmarks and tests build a model and its step from these
+alone, where TensorFlow is not installed)."""
+import dataclasses
+
+import numpy as np
+
+from dssl_jax.models import dssl
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMeta:
+  """What the model and the loop need to know of a built dataset."""
+  vocabulary: list
+  num_train_identities: int
+  kept: dict  # split -> {images, captions, identities}
+  splits: tuple
+  tagger: str = ''  # the POS tagger the phrases were made with ('' = not recorded: built before)
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.vocabulary)
+
+
+def random_batch(config, vocab_size: int, num_classes: int, batch_size: int, seed: int = 0):
+  """A train batch of random pairs in the pipeline's format; ids repeat so some pairs share a
+  person; every caption has 1..n phrases, the rest padding."""
+  rng = np.random.default_rng(seed)
+  d = config.data
+  labels = rng.integers(0, num_classes, batch_size)
+  labels[1] = labels[0]
+  lengths = rng.integers(3, d.max_words + 1, batch_size)
+  token_mask = np.arange(d.max_words) < lengths[:, None]
+  n_phrases = rng.integers(1, d.max_phrases + 1, batch_size)
+  length = dssl.phrase_length(config)
+  phrase_lengths = rng.integers(1, length + 1, (batch_size, d.max_phrases))
+  phrase_mask = ((np.arange(length) < phrase_lengths[..., None])
+                 & (np.arange(d.max_phrases) < n_phrases[:, None])[..., None])
+  return {
+      'image': rng.normal(size=(batch_size, *d.image_size, 3)).astype(np.float32),
+      'label': labels.astype(np.int32), 'person_id': (labels + 100).astype(np.int32),
+      'tokens': np.where(token_mask, rng.integers(1, vocab_size, token_mask.shape), 0
+                         ).astype(np.int32), 'token_mask': token_mask,
+      'phrases': np.where(phrase_mask, rng.integers(1, vocab_size, phrase_mask.shape), 0
+                          ).astype(np.int32), 'phrase_mask': phrase_mask,
+  }
