@@ -3,7 +3,7 @@
 in float32 and bfloat16, and the evaluation encoders; one JSON file and one markdown table.
 
   launch/accelerator_check.sh [--out DIR] [--peak_tflops 989] [--budget_s 420]
-  launch/accelerator_check.sh --quick     # tiny models on a CPU: the same code paths, a minute or two
+  launch/accelerator_check.sh --quick     # tiny models on a CPU, the same code paths: a minute
 
 Per row: step time and images/s (medians after a warm-up), compile time, GFLOP per step from XLA's
 cost analysis, MFU (those FLOPs per second over --peak_tflops, the chip's dense bfloat16 peak, for

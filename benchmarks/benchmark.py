@@ -46,7 +46,8 @@ from dssl_jax.models import dssl
 from benchmarks import reference_models
 from benchmarks.timing import median_seconds, peak_megabytes
 
-WHAT = ('train', 'reference', 'clip_reference', 'eval', 'eval_encode', 'ranking', 'input', 'search', 'prepare',
+WHAT = ('train', 'reference', 'clip_reference', 'eval', 'eval_encode', 'ranking', 'input', 'search',
+        'prepare',
         'test_eval')
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cuhk.py; override '
                                 'fields with --config.a.b=value.', lock_config=True)
@@ -153,7 +154,8 @@ def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'
         [f'--parts={",".join(parts)}', *common, f'--depth={c.depth}', f'--embed_dim={c.embed_dim}',
          f'--word_dim={c.word_dim}', f'--vocab={FLAGS.vocab}', f'--max_phrases={d.max_phrases}',
          f'--max_phrase_words={d.max_phrase_words}'])
-    model = reference_models.ReferenceModel(ml_collections.FrozenConfigDict(c), FLAGS.vocab, FLAGS.classes)
+    model = reference_models.ReferenceModel(ml_collections.FrozenConfigDict(c), FLAGS.vocab,
+                                            FLAGS.classes)
     batch = formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
   batch = jax.device_put(batch)
   tx = optax.adam(2e-4)

@@ -2,8 +2,8 @@
 
 Batch reduction of the ranking loss (config.loss.rank_reduction): eq. 3 sums the hinge over every
 matched pair and each of its in-batch negatives (VSE0); 'sum' keeps that sum over the whole batch
-as printed, 'mean' (the default, docs/experiments/rank_reduction.md) averages it over anchors like the
-per-sample ID loss, 1/B of the printed weight against the ID terms. Pairs of the same person are
+as printed, 'mean' (the default, docs/experiments/rank_reduction.md) averages it over anchors like
+the per-sample ID loss, 1/B of the printed weight against the ID terms. Pairs of the same person are
 never negatives.
 """
 import functools
@@ -68,8 +68,8 @@ def mec_loss(person: jax.Array, surroundings: jax.Array,
   'literal': ||P^T S||_F as printed, computed as sqrt(sum((P P^T) * (S S^T))) (B x B, not p x p).
   It is not scale-free while every other loss reads V_P and V_S through cosines or GN: at the
   start of stage 2 it is ~90% of the loss with 120-260x each Align term's backbone gradient
-  (docs/experiments/loss_balance.md), and it is met by shrinking both features. Nor does it vanish when the
-  features are orthogonal: it measures how the coordinates of the batch co-vary.
+  (docs/experiments/loss_balance.md), and it is met by shrinking both features. Nor does it vanish
+  when the features are orthogonal: it measures how the coordinates of the batch co-vary.
   'squared_cosine' (default): the mean of cos(V_P^i, V_S^j)^2 over every pair of the batch, i.e.
   ||P' S'^T||_F^2 / B^2 with P', S' the L2-normalised rows. It is what the text asks of MEC
   ("V_P and V_S are orthogonal to each other and the visual information is distributed between

@@ -7,6 +7,18 @@ from configs import synthetic_tiny
 from dssl_jax.models import dssl
 
 
+# Run first in a child process (or as its sitecustomize.py): importing what a GPU machine's JAX
+# stack lacks (TensorFlow, TFDS, nltk, clu, tqdm, torch) then raises.
+BLOCK_DATA_STACK = """
+import sys
+class Blocked:
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets', 'nltk', 'clu', 'tqdm', 'torch'):
+      raise ImportError(f'{name}: blocked by the test')
+sys.meta_path.insert(0, Blocked())
+"""
+
+
 def tiny_config(data_dir: str, identities: int = 30):
   """The synthetic config, shrunk to test size."""
   config = synthetic_config.get_config()

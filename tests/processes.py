@@ -5,15 +5,23 @@ import re
 import subprocess
 
 
+# Processes wired as hosts compile without the tests' persistent XLA cache (conftest.py): with it
+# warm, their first collective failed over gloo here (jaxlib 0.10.2: "Gloo AllGather failed ...
+# Connection reset by peer"); cold, and without it, they pass.
+WITHOUT_COMPILATION_CACHE = {'JAX_COMPILATION_CACHE_DIR': ''}
+
+
 def spawn(command: list, n: int, cwd: str, env: dict | None = None, timeout: float = 900
           ) -> list[subprocess.CompletedProcess]:
   """Runs `command` n times at once; with n > 1, SLURM's variables for jax.distributed (a random
-  job id picks the coordinator's port, so that concurrent tests do not meet)."""
+  job id picks the coordinator's port, so that concurrent tests do not meet), without the
+  compilation cache."""
   job = str(random.randrange(4096))
   children = []
   for i in range(n):
     slurm = {'SLURM_JOB_ID': job, 'SLURM_STEP_NODELIST': 'localhost', 'SLURM_NTASKS': str(n),
-             'SLURM_PROCID': str(i), 'SLURM_LOCALID': str(i)} if n > 1 else {}
+             'SLURM_PROCID': str(i), 'SLURM_LOCALID': str(i),
+             **WITHOUT_COMPILATION_CACHE} if n > 1 else {}
     children.append(subprocess.Popen(command, cwd=cwd, env=os.environ | (env or {}) | slurm,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   done = []

@@ -7,21 +7,17 @@ import sys
 
 import pytest
 
+from tests.helpers import BLOCK_DATA_STACK
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ['--config.data.image_size=(64,32)', '--config.model.depth=18', '--config.model.width=8',
         '--config.model.embed_dim=32', '--config.model.word_dim=16', '--config.model.gn_groups=4',
         '--config.data.max_words=10', '--config.data.max_phrases=4', '--vocab=50', '--classes=7']
 
 
-# What a GPU machine's JAX stack lacks: importing any of these raises (python -c WITHOUT_DATA_STACK
-# ARGS runs the benchmark so).
-WITHOUT_DATA_STACK = """
-import runpy, sys
-class Blocked:
-  def find_spec(self, name, path=None, target=None):
-    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets', 'nltk', 'clu', 'tqdm', 'torch'):
-      raise ImportError(f'{name}: blocked by the test')
-sys.meta_path.insert(0, Blocked())
+# python -c WITHOUT_DATA_STACK ARGS: the benchmark where TensorFlow & co. cannot be imported.
+WITHOUT_DATA_STACK = BLOCK_DATA_STACK + """
+import runpy
 runpy.run_module('benchmarks.benchmark', run_name='__main__', alter_sys=True)
 """
 
@@ -40,9 +36,9 @@ def _bench(*args, **kwargs):
 
 @pytest.mark.slow
 def test_train_and_eval_figures_without_tensorflow():
-  blocked = subprocess.run([sys.executable, '-c', WITHOUT_DATA_STACK.replace(
-      "runpy.run_module('benchmarks.benchmark', run_name='__main__', alter_sys=True)",
-      'import dssl_jax.data.pipeline')], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  blocked = subprocess.run(
+      [sys.executable, '-c', BLOCK_DATA_STACK + 'import dssl_jax.data.pipeline'],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert blocked.returncode == 1 and 'tensorflow: blocked by the test' in blocked.stderr
   stage1, stage2, encode, rank, ranking = _bench(
       '--what=train,eval,ranking', '--batch=4', '--reps=1', '--gallery=3000', '--queries=4000',

@@ -6,20 +6,14 @@ import subprocess
 
 import pytest
 
+from tests.helpers import BLOCK_DATA_STACK
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BLOCKER = """
-import sys
-class Blocked:
-  def find_spec(self, name, path=None, target=None):
-    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets', 'nltk', 'clu', 'tqdm', 'torch'):
-      raise ImportError(f'{name}: blocked by the test')
-sys.meta_path.insert(0, Blocked())
-"""
 
 
 def _check(tmp_path, *args):
   (tmp_path / 'site').mkdir(exist_ok=True)
-  (tmp_path / 'site' / 'sitecustomize.py').write_text(BLOCKER)  # imported first by python
+  (tmp_path / 'site' / 'sitecustomize.py').write_text(BLOCK_DATA_STACK)  # python imports it first
   env = os.environ | {'PYTHONPATH': f'{tmp_path / "site"}:{ROOT}'}
   out = subprocess.run(['launch/accelerator_check.sh', '--quick', f'--out={tmp_path}', *args],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -49,7 +43,6 @@ def test_quick_check_writes_every_row_as_json_and_a_table(tmp_path):
 def test_rows_past_the_budget_are_listed_as_skipped(tmp_path):
   result, table = _check(tmp_path, '--budget_s=0', '--dtypes=float32')
   assert result['rows'] == []
-  assert result['skipped'] == ['train resnet18_tiny float32 batch 4',
-                               'encode resnet18_tiny float32 batch 4',
-                               'train clip_tiny float32 batch 4', 'encode clip_tiny float32 batch 4']
+  assert result['skipped'] == [f'{kind} {model} float32 batch 4' for model in
+                               ('resnet18_tiny', 'clip_tiny') for kind in ('train', 'encode')]
   assert 'Skipped (past --budget_s): train resnet18_tiny float32 batch 4' in table
