@@ -22,7 +22,6 @@ from absl import app
 from absl import flags
 import jax
 import ml_collections
-import numpy as np
 
 from benchmarks.timing import median_seconds
 from configs import cuhk, cuhk_clip
@@ -105,9 +104,7 @@ def encode_row(name: str, config, batch: int, reps: int) -> dict:
   model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), VOCAB, CLASSES)
   variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
   encoder = evaluate.Encoder(model, train.make_mesh())
-  data = formats.random_batch(config, VOCAB, CLASSES, batch) | {
-      'valid': np.ones(batch, bool), 'person_id': np.arange(batch),
-      'file_path': np.full(batch, b'x.jpg', object), 'text': np.full(batch, b'x', object)}
+  data = formats.random_eval_batch(config, VOCAB, CLASSES, batch)
   images = median_seconds(lambda: encoder.gallery(variables, [data]), reps)
   texts = median_seconds(lambda: encoder.queries(variables, [data]), reps)
   return {'what': 'eval_encode', 'model': name, 'dtype': config.model.dtype, 'batch': batch,

@@ -47,8 +47,7 @@ from benchmarks import reference_models
 from benchmarks.timing import median_seconds, peak_megabytes
 
 WHAT = ('train', 'reference', 'clip_reference', 'eval', 'eval_encode', 'ranking', 'input', 'search',
-        'prepare',
-        'test_eval')
+        'prepare', 'test_eval')
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cuhk.py; override '
                                 'fields with --config.a.b=value.', lock_config=True)
 flags.DEFINE_list('what', ['train'], f'What to time, one or several of {",".join(WHAT)}.')
@@ -179,9 +178,7 @@ def bench_eval_encode(config, batch_size: int, reps: int):
   model, mesh = _model(config), train.make_mesh()
   variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
   encoder = evaluate.Encoder(model, mesh)
-  batch = formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size) | {
-      'valid': np.ones(batch_size, bool), 'person_id': np.arange(batch_size),
-      'file_path': np.full(batch_size, b'x.jpg', object), 'text': np.full(batch_size, b'x', object)}
+  batch = formats.random_eval_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
   images = median_seconds(lambda: encoder.gallery(variables, [batch]), reps)
   texts = median_seconds(lambda: encoder.queries(variables, [batch]), reps)
   _emit({'what': 'eval_encode', 'batch': batch_size, 'images_per_s': round(batch_size / images, 1),

@@ -337,8 +337,10 @@ def zero_shot_variables(config, model: dssl.DSSL, mesh: jax.sharding.Mesh) -> tu
     raise UserError('config.eval.zero_shot ranks with pre-trained CLIP features: set '
                     "config.model.backbone='clip' and config.model.backbone_weights to a converted "
                     f'CLIP file (got backbone {config.model.backbone!r}, weights {path!r})')
-  state = create_train_state(config, model, mesh)
-  return {'params': state.params, 'batch_stats': state.batch_stats}, f'zero-shot CLIP ({path})'
+  variables = _with_pretrained_encoders(  # no optimizer state: nothing trains
+      config, flax.core.unfreeze(dssl.init_variables(model, jax.random.PRNGKey(config.seed),
+                                                     config)))
+  return jax.device_put(variables, _replicated(mesh)), f'zero-shot CLIP ({path})'
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -44,3 +44,12 @@ def random_batch(config, vocab_size: int, num_classes: int, batch_size: int, see
       'phrases': np.where(phrase_mask, rng.integers(1, vocab_size, phrase_mask.shape), 0
                           ).astype(np.int32), 'phrase_mask': phrase_mask,
   }
+
+
+def random_eval_batch(config, vocab_size: int, num_classes: int, batch_size: int,
+                      seed: int = 0) -> dict:
+  """random_batch with what the evaluation Encoder also reads: every row valid, ids, and a path
+  and a text per row."""
+  return random_batch(config, vocab_size, num_classes, batch_size, seed) | {
+      'valid': np.ones(batch_size, bool), 'person_id': np.arange(batch_size),
+      'file_path': np.full(batch_size, b'x.jpg', object), 'text': np.full(batch_size, b'x', object)}
