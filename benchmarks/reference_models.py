@@ -8,13 +8,14 @@ import optax
 
 from dssl_jax import losses
 from dssl_jax.models import clip
+from dssl_jax.models import dssl
 from dssl_jax.models.resnet import ResNet
 from dssl_jax.models.text import TextEncoder
 
 
 class ReferenceModel(nn.Module):
   """benchmarks.torch_reference.ReferenceModel in Flax, from the ResNet and text encoder DSSL uses;
-  returns the loss of `part` (image | text | both)."""
+  returns the loss of `part` (image | text | both). The ResNet computes in config.dtype."""
   config: ml_collections.FrozenConfigDict  # config.model
   vocab_size: int
   num_classes: int
@@ -25,7 +26,8 @@ class ReferenceModel(nn.Module):
     classifier = nn.Dense(self.num_classes, use_bias=False, name='classifier')
     loss = 0.0
     if part in ('image', 'both'):
-      feature_map = ResNet(c.depth, c.width, name='backbone')(batch['image'], train=True)
+      feature_map = ResNet(c.depth, c.width, dssl.compute_dtype(c), name='backbone')(
+          batch['image'], train=True)
       v = nn.Dense(c.embed_dim, name='image_fc')(feature_map.mean(axis=(1, 2)))
       loss += losses.id_loss(classifier(v), batch['label'])
     if part in ('text', 'both'):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU or TPU machine's figures for the paper-size runs, in under 8 minutes: DSSL's stage-2 train
-# step on ResNet-50 and on CLIP ViT-B/16 at 384x128, batch 32/64/128, float32 and bfloat16
-# (images/s, step time, MFU, memory), and the evaluation encoders' images/s and captions/s, into
+# step on ResNet-50 and on CLIP ViT-B/16 at 384x128, beside the plain ResNet-50's step, batch
+# 32/128/256, bfloat16 then float32 (images/s, step time pipelined and blocking, FLOPs of the
+# unoptimized program, MFU, memory), and the evaluation encoders' images/s and captions/s, into
 # OUT/accelerator_check.json and OUT/accelerator_check.md (benchmarks/accelerator_check.py).
 # Needs jax, flax, optax, orbax-checkpoint, ml-collections, absl and numpy: no TensorFlow.
 #   launch/accelerator_check.sh --out /tmp/check --peak_tflops 989   # the chip's bf16 peak

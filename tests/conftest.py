@@ -1,5 +1,6 @@
 """Shared fixtures, built once per session: a tiny synthetic dataset and its config; a tiny trained
-workdir with a folder of images to search."""
+workdir with a folder of images to search; a made-up CLIP merges file."""
+import importlib.util
 import json
 import os
 import shutil
@@ -15,12 +16,14 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 # torchvision (a test-only reference) pulls in triton, which segfaults when imported after
-# TensorFlow (TF 2.21 + triton 3.8, whatever the test order): import it first.
-import torchvision  # pylint: disable=g-import-not-at-top,unused-import
+# TensorFlow (TF 2.21 + triton 3.8, whatever the test order): import it first, where installed.
+if importlib.util.find_spec('torchvision'):
+  import torchvision  # pylint: disable=g-import-not-at-top,unused-import
 
 import pytest  # pylint: disable=g-import-not-at-top
 
-from tests.helpers import tiny_config, tiny_train_config  # pylint: disable=g-import-not-at-top
+from tests.helpers import (  # pylint: disable=g-import-not-at-top
+    tiny_config, tiny_train_config, write_bpe_merges)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -30,6 +33,12 @@ def pytest_collection_modifyitems(items):
   for item in items:
     if 'trained' in getattr(item, 'fixturenames', ()):
       item.add_marker(pytest.mark.xdist_group('trained'))
+
+
+@pytest.fixture(scope='session')
+def bpe_path(tmp_path_factory) -> str:
+  """A made-up CLIP merges file (tests.helpers.write_bpe_merges): no open_clip needed."""
+  return write_bpe_merges(str(tmp_path_factory.mktemp('bpe') / 'merges.txt.gz'))
 
 
 @pytest.fixture(scope='session')

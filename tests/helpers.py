@@ -1,6 +1,13 @@
-"""Test helpers: small configs and models (no torch here: see conftest.py)."""
+"""Test helpers: small configs and models, the parity references where installed, a made-up BPE
+merges file (no torch imported here: see conftest.py)."""
+import collections
+import gzip
+import importlib
+import importlib.util
+
 import jax
 import ml_collections
+import pytest
 
 from configs import synthetic as synthetic_config
 from configs import synthetic_tiny
@@ -17,6 +24,80 @@ class Blocked:
       raise ImportError(f'{name}: blocked by the test')
 sys.meta_path.insert(0, Blocked())
 """
+
+
+_MISSING = ('not installed: a parity reference that the Python 3.12 test set '
+            '(requirements-py312.txt) leaves out')
+
+
+class _MissingReference:
+  """Stands in for a reference library that is not installed: using it skips the test (or, at
+  module level, the module) and says why."""
+
+  def __init__(self, name: str):
+    self._name = name
+
+  def __getattr__(self, attribute):
+    if attribute.startswith('_'):  # pytest's own look at a module's names
+      raise AttributeError(attribute)
+    pytest.skip(f'{self._name} {_MISSING}', allow_module_level=True)
+
+
+def needs(*names: str):
+  """Marks a test whose child process imports the references `names`: skipped where one is
+  missing, saying which."""
+  missing = [name for name in names if importlib.util.find_spec(name) is None]
+  return pytest.mark.skipif(bool(missing), reason=f'{", ".join(missing)} {_MISSING}')
+
+
+def reference(name: str):
+  """The test reference `name` (torch, torchvision, open_clip, safetensors.torch), or a stand-in
+  that skips what uses it where it is not installed."""
+  try:
+    return importlib.import_module(name)
+  except ImportError:
+    return _MissingReference(name)
+
+
+# Words a made-up CLIP vocabulary holds whole, as CLIP's own holds common English words.
+BPE_WORDS = ('a woman wearing red logo dark blue jeans and white shoes on her bag purple hat in the '
+             'man grey coat he is carrying black boots with long hair short sleeves t shirt yellow '
+             'green backpack brown pants she has glasses , . ; \'s')
+
+
+def write_bpe_merges(path: str, words: str = BPE_WORDS) -> str:
+  """A merges file in CLIP's format and of its size, made up: byte-pair merges learned from
+  `words` until each is one token, then pairs of byte characters up to CLIP's count. A tokenizer for
+  tests that need a CLIP vocabulary but not open_clip's."""
+  from dssl_jax.data import clip_tokenizer as ct  # pylint: disable=g-import-not-at-top
+  chars = ct._byte_characters()  # pylint: disable=protected-access
+  words = {''.join(chars[b] for b in piece.encode('utf-8'))
+           for piece in ct._PIECES.findall(ct.clean(words))}  # pylint: disable=protected-access
+  symbols = [[*w[:-1], w[-1] + '</w>'] for w in words]
+  merges = []
+  while True:  # the most frequent pair first, ties by the pair: a deterministic BPE
+    pairs = collections.Counter(p for s in symbols for p in zip(s, s[1:]))
+    if not pairs:
+      break
+    first, second = min(pairs, key=lambda p: (-pairs[p], p))
+    merges.append((first, second))
+    for k, s in enumerate(symbols):
+      merged, i = [], 0
+      while i < len(s):
+        if s[i:i + 2] == [first, second]:
+          merged.append(first + second)
+          i += 2
+        else:
+          merged.append(s[i])
+          i += 1
+      symbols[k] = merged
+  known = {a + b for a, b in merges}
+  byte_chars = list(chars.values())
+  merges += [(a, b) for a in byte_chars for b in byte_chars if a + b not in known]
+  with gzip.open(path, 'wt', encoding='utf-8') as f:
+    f.write('#version: made up for the tests\n')
+    f.write('\n'.join(f'{a} {b}' for a, b in merges[:ct._MERGES]) + '\n')  # pylint: disable=protected-access
+  return path
 
 
 def tiny_config(data_dir: str, identities: int = 30):

@@ -6,13 +6,15 @@ import sys
 
 import ml_dtypes
 import numpy as np
-from open_clip.model import CLIP
 import pytest
-from safetensors.torch import save_file
-import torch
 
 from dssl_jax import clip_weights
 from dssl_jax.errors import UserError
+from tests.helpers import reference
+
+torch = reference('torch')
+open_clip = reference('open_clip')
+safetensors_torch = reference('safetensors.torch')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WITHOUT_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = ['clip_weights'] + "
@@ -21,18 +23,18 @@ WITHOUT_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = ['c
 
 def _small_clip(image_size=224):
   torch.manual_seed(0)
-  return CLIP(embed_dim=32, quick_gelu=True,
-              vision_cfg={'image_size': image_size, 'patch_size': 16, 'width': 64, 'layers': 1,
-                          'head_width': 32},
-              text_cfg={'context_length': 77, 'vocab_size': 49408, 'width': 32, 'heads': 2,
-                        'layers': 1})
+  return open_clip.model.CLIP(
+      embed_dim=32, quick_gelu=True,
+      vision_cfg={'image_size': image_size, 'patch_size': 16, 'width': 64, 'layers': 1,
+                  'head_width': 32},
+      text_cfg={'context_length': 77, 'vocab_size': 49408, 'width': 32, 'heads': 2, 'layers': 1})
 
 
 def test_safetensors_read_as_written(tmp_path):
   tensors = {'f32': torch.randn(3, 4), 'f16': torch.randn(5).half(),
              'bf16': torch.randn(2, 2).bfloat16(), 'i64': torch.arange(6).reshape(2, 3),
              'scalar': torch.tensor(1.5), 'empty': torch.zeros(0, 3)}
-  save_file(tensors, tmp_path / 'x.safetensors', metadata={'format': 'pt'})
+  safetensors_torch.save_file(tensors, tmp_path / 'x.safetensors', metadata={'format': 'pt'})
   got = clip_weights.read_safetensors(str(tmp_path / 'x.safetensors'))
   assert set(got) == set(tensors)
   for name, tensor in tensors.items():
@@ -45,7 +47,7 @@ def test_safetensors_read_as_written(tmp_path):
 
 
 def test_a_truncated_safetensors_file_is_one_line(tmp_path):
-  save_file({'a': torch.randn(100)}, tmp_path / 'x.safetensors')
+  safetensors_torch.save_file({'a': torch.randn(100)}, tmp_path / 'x.safetensors')
   data = (tmp_path / 'x.safetensors').read_bytes()
   (tmp_path / 'cut.safetensors').write_bytes(data[:20])
   with pytest.raises(UserError, match='cut.safetensors: not a readable .safetensors file'):
@@ -73,7 +75,7 @@ def test_converter_runs_without_torch_and_equals_the_in_process_conversion(suffi
   state = {k: v.contiguous() for k, v in model.state_dict().items()}
   source = tmp_path / f'open_clip_model.{suffix}'
   if suffix == 'safetensors':
-    save_file(state, source)
+    safetensors_torch.save_file(state, source)
   else:
     torch.save(state, source)
   result = subprocess.run([sys.executable, '-c', WITHOUT_TORCH, str(source),
@@ -107,13 +109,13 @@ def _tiny_clip(tmp_path, config):
   """A random open_clip CLIP at 64x32, its weights converted into tmp_path/clip.npz, and `config`
   set to the same CLIP (returns the open_clip model)."""
   from dssl_jax import weights  # pylint: disable=g-import-not-at-top
-  from open_clip import tokenizer  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  model = CLIP(embed_dim=16, quick_gelu=True,
-               vision_cfg={'image_size': (64, 32), 'patch_size': 16, 'width': 32, 'layers': 1,
-                           'head_width': 16},
-               text_cfg={'context_length': 24, 'vocab_size': 49408, 'width': 32, 'heads': 2,
-                         'layers': 1}).eval()
+  model = open_clip.model.CLIP(
+      embed_dim=16, quick_gelu=True,
+      vision_cfg={'image_size': (64, 32), 'patch_size': 16, 'width': 32, 'layers': 1,
+                  'head_width': 16},
+      text_cfg={'context_length': 24, 'vocab_size': 49408, 'width': 32, 'heads': 2,
+                'layers': 1}).eval()
   converted = clip_weights.convert_state_dict(
       {k: v.detach().numpy() for k, v in model.state_dict().items()}, (4, 2))
   weights.save_npz(converted, str(tmp_path / 'clip.npz'))
@@ -121,7 +123,7 @@ def _tiny_clip(tmp_path, config):
   config.model.backbone, config.model.backbone_weights = 'clip', str(tmp_path / 'clip.npz')
   config.model.clip.update(image_width=32, image_layers=1, image_heads=2, text_width=32,
                            text_layers=1, text_heads=2, context=24, embed_dim=16,
-                           bpe_path=tokenizer.default_bpe())
+                           bpe_path=open_clip.tokenizer.default_bpe())
   return model, converted
 
 

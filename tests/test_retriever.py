@@ -60,9 +60,8 @@ def test_arrays_encode_as_their_files(trained, tmp_path):
     retriever.encode_texts('a man in a coat')
 
 
-def test_a_clip_model_encodes_queries_as_its_evaluation_does(tiny_dataset, tmp_path):
+def test_a_clip_model_encodes_queries_as_its_evaluation_does(tiny_dataset, bpe_path, tmp_path):
   """Query time tokenizes and chunks a sentence as the dataset build and the input pipeline did."""
-  from open_clip import tokenizer  # pylint: disable=g-import-not-at-top
   from dssl_jax import evaluate, train  # pylint: disable=g-import-not-at-top
   from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from tests.helpers import tiny_train_config  # pylint: disable=g-import-not-at-top
@@ -71,7 +70,7 @@ def test_a_clip_model_encodes_queries_as_its_evaluation_does(tiny_dataset, tmp_p
   config.model.backbone = 'clip'
   config.model.clip.update(image_width=32, image_layers=1, image_heads=2, text_width=32,
                            text_layers=1, text_heads=2, context=24, embed_dim=16,
-                           bpe_path=tokenizer.default_bpe())
+                           bpe_path=bpe_path)
   config.train.stage1_epochs, config.train.stage2_epochs = 1, 0
   train.train(config, str(tmp_path))
   meta = pipeline.dataset_meta(config.data)

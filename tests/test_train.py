@@ -17,7 +17,7 @@ from dssl_jax import checkpoints, train
 from dssl_jax.data import builders, pipeline
 from dssl_jax.errors import UserError
 from tests import processes as processes_lib
-from tests.helpers import tiny_train_config
+from tests.helpers import reference, tiny_train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -414,10 +414,9 @@ def test_tiny_clip_trains_on_the_synthetic_default_far_above_chance(tmp_path):
   split's 300 identities (4 images each) put chance at R1 0.33, R10 3.3 and mAP about 0.4; this
   run gave R1 1.4, R10 15.8, mAP 3.4 (1 + 6 epochs: R1 3.5, R10 22.2)."""
   from configs import synthetic_clip_tiny  # pylint: disable=g-import-not-at-top
-  from open_clip import tokenizer  # pylint: disable=g-import-not-at-top
   config = synthetic_clip_tiny.get_config()
   config.data.data_dir = str(tmp_path / 'tfds')
-  config.model.clip.bpe_path = tokenizer.default_bpe()
+  config.model.clip.bpe_path = reference('open_clip.tokenizer').default_bpe()
   config.train.stage2_epochs = 3
   builders.prepare(config.data)
   metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))

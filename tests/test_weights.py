@@ -12,11 +12,13 @@ import ml_collections
 import ml_dtypes
 import numpy as np
 import pytest
-import torch
-import torchvision
 
 from dssl_jax import weights
 from dssl_jax.errors import UserError
+from tests.helpers import reference
+
+torch = reference('torch')
+torchvision = reference('torchvision')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The converter as a user without torch runs it: any `import torch` fails.

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.helpers import BLOCK_DATA_STACK
+from tests.helpers import BLOCK_DATA_STACK, needs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ['--config.data.image_size=(64,32)', '--config.model.depth=18', '--config.model.width=8',
@@ -84,6 +84,7 @@ def test_prepare_input_and_test_eval_figures_of_a_generated_dataset(tmp_path):
 
 
 @pytest.mark.slow
+@needs('torch', 'torchvision')
 def test_reference_times_the_same_model_in_jax_and_torch():
   records = _bench('--what=reference', '--config.model.width=64', '--batch=4', '--reps=1')
   assert [(r['what'], r['framework'].split()[0]) for r in records] == [
@@ -96,6 +97,7 @@ def test_reference_times_the_same_model_in_jax_and_torch():
 
 
 @pytest.mark.slow
+@needs('torch', 'open_clip')
 def test_clip_reference_times_the_same_encoders_in_jax_and_open_clip():
   jax_record, torch_record = _bench('--what=clip_reference', '--batch=4', '--reps=1', '--classes=7',
                                     config=('--config=configs/synthetic_clip_tiny.py',))

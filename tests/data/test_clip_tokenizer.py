@@ -1,14 +1,15 @@
-"""CLIP's BPE tokenizer against open_clip's (the reference), and the caption encoding for DSSL."""
+"""CLIP's BPE tokenizer against open_clip's (the reference, with its merges file), and the caption
+encoding for DSSL (with a made-up merges file: tests.helpers.write_bpe_merges)."""
 import gzip
 
 import numpy as np
-from open_clip import tokenizer as open_clip_tokenizer
 import pytest
 
 from dssl_jax.data.clip_tokenizer import ClipTokenizer
 from dssl_jax.errors import UserError
+from tests.helpers import reference
 
-BPE = open_clip_tokenizer.default_bpe()
+open_clip_tokenizer = reference('open_clip.tokenizer')
 TEXTS = [
     'A woman wearing a red logo, dark blue jeans and white shoes.',
     "He's carrying a 12-inch bag; café &amp; naïve  \n\t the T-SHIRT's  ",
@@ -20,15 +21,25 @@ TEXTS = [
 
 
 @pytest.fixture(scope='module')
-def tokenizer():
-  return ClipTokenizer(BPE)
+def tokenizer(bpe_path):
+  return ClipTokenizer(bpe_path)
 
 
 @pytest.mark.parametrize('length', [77, 16])
-def test_ids_equal_open_clip(tokenizer, length):
-  reference = open_clip_tokenizer.SimpleTokenizer(BPE)
-  np.testing.assert_array_equal(tokenizer(TEXTS, length), reference(TEXTS, length).numpy())
-  assert tokenizer.vocab_size == reference.vocab_size == 49408
+def test_ids_equal_open_clip(length):
+  bpe = open_clip_tokenizer.default_bpe()
+  ours, theirs = ClipTokenizer(bpe), open_clip_tokenizer.SimpleTokenizer(bpe)
+  np.testing.assert_array_equal(ours(TEXTS, length), theirs(TEXTS, length).numpy())
+  assert ours.vocab_size == theirs.vocab_size == 49408
+
+
+def test_made_up_merges_hold_their_words_whole_and_tokenize_any_text(tokenizer):
+  """The made-up file is a CLIP vocabulary of the real size: its words are one token each."""
+  rows = tokenizer(TEXTS, 77)
+  assert tokenizer.vocab_size == 49408 and rows.shape == (len(TEXTS), 77)
+  assert (rows[:, 0] == 49406).all() and (rows == 49407).sum(axis=1).tolist() == [1] * len(TEXTS)
+  assert len(tokenizer.encode('a woman in dark blue jeans')) == 6
+  assert len(tokenizer.encode('wolf')) > 1  # not among its words: pieces
 
 
 def test_a_file_that_is_not_the_merges_list_is_one_line(tmp_path):

@@ -2,13 +2,15 @@
 .safetensors file open_clip's model writes."""
 import jax.numpy as jnp
 import numpy as np
-from open_clip.model import CLIP
 import pytest
-from safetensors.torch import save_file
-import torch
 
 from dssl_jax import clip_weights
 from dssl_jax.models import clip
+from tests.helpers import reference
+
+torch = reference('torch')
+open_clip = reference('open_clip')
+safetensors_torch = reference('safetensors.torch')
 
 GRID = (24, 8)  # 384x128 in 16x16 patches
 
@@ -16,11 +18,12 @@ GRID = (24, 8)  # 384x128 in 16x16 patches
 def _open_clip_model(width, layers, text_width, text_layers, embed, seed=0):
   """A random open_clip CLIP at 384x128, LayerNorms and biases random too (they start at 1, 0)."""
   torch.manual_seed(seed)
-  model = CLIP(embed_dim=embed, quick_gelu=True,
-               vision_cfg={'image_size': (384, 128), 'patch_size': 16, 'width': width,
-                           'layers': layers, 'head_width': 64 if width >= 512 else 32},
-               text_cfg={'context_length': 77, 'vocab_size': 49408, 'width': text_width,
-                         'heads': max(text_width // 64, 2), 'layers': text_layers}).eval()
+  model = open_clip.model.CLIP(
+      embed_dim=embed, quick_gelu=True,
+      vision_cfg={'image_size': (384, 128), 'patch_size': 16, 'width': width, 'layers': layers,
+                  'head_width': 64 if width >= 512 else 32},
+      text_cfg={'context_length': 77, 'vocab_size': 49408, 'width': text_width,
+                'heads': max(text_width // 64, 2), 'layers': text_layers}).eval()
   with torch.no_grad():
     for name, value in model.named_parameters():
       if '.ln' in name or name.startswith('ln') or name.endswith('bias'):
@@ -30,7 +33,7 @@ def _open_clip_model(width, layers, text_width, text_layers, embed, seed=0):
 
 def _converted(model, tmp_path):
   path = str(tmp_path / 'open_clip_model.safetensors')
-  save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+  safetensors_torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
   return clip_weights.convert_state_dict(clip_weights.read_state_dict(path), GRID)
 
 

@@ -6,10 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from dssl_jax.errors import UserError
 from dssl_jax.models import heads
+from tests.helpers import reference
+
+torch = reference('torch')
 
 
 @pytest.mark.parametrize('height', [12, 7, 6])

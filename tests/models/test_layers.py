@@ -3,9 +3,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from dssl_jax.models import layers
+from tests.helpers import reference
+
+torch = reference('torch')
 
 
 def _nchw(x):

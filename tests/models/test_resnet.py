@@ -2,12 +2,14 @@
 import jax
 import numpy as np
 import pytest
-import torch
-import torchvision
 
 from dssl_jax import weights
 from dssl_jax.errors import UserError
 from dssl_jax.models.resnet import ResNet
+from tests.helpers import reference
+
+torch = reference('torch')
+torchvision = reference('torchvision')
 
 
 def _random_torchvision(depth: int, seed: int = 0):

@@ -1,12 +1,14 @@
 """Our bi-GRU against torch.nn.GRU(bidirectional=True) with copied weights, padding included."""
 import jax
 import numpy as np
-import torch
 
 from dssl_jax.models.text import BiGRU, TextEncoder
+from tests.helpers import reference
+
+torch = reference('torch')
 
 
-def _torch_params(gru: torch.nn.GRU) -> dict:
+def _torch_params(gru) -> dict:
   """torch's (r, z, n) blocks map one to one: kernels transposed, directions stacked."""
   t = lambda name: getattr(gru, name).detach().numpy()
   both = lambda name: np.stack([t(name + '_l0'), t(name + '_l0_reverse')])
