@@ -38,6 +38,7 @@ from benchmarks import reference_models
 from benchmarks.timing import median_seconds
 from configs import cuhk, cuhk_clip
 from dssl_jax import cli, evaluate, train
+from dssl_jax import state as state_lib
 from dssl_jax.data import formats
 from dssl_jax.models import dssl
 
@@ -88,7 +89,7 @@ def _memory(compiled) -> dict:
 
 def _abstract_on(mesh: jax.sharding.Mesh, tree):
   """Shapes and dtypes of `tree`, replicated over `mesh`'s devices."""
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  sharding = state_lib.replicated(mesh)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
@@ -124,7 +125,7 @@ def measure(what: str, name: str, config, make_step, state, host_batch: dict, re
             peak_tflops: float) -> dict:
   """The row of the donating jitted step `make_step`(mesh)(state, batch) -> (state, _) on
   `host_batch`."""
-  mesh, batch = train.make_mesh(), len(host_batch['label'])
+  mesh, batch = state_lib.make_mesh(), len(host_batch['label'])
   data = train.global_batch(host_batch, mesh)
   flops = step_flops(make_step, state, host_batch)
   start = time.perf_counter()
@@ -146,8 +147,8 @@ def train_step_and_state(config, batch: int) -> tuple:
   """(make_step(mesh), state, host batch): DSSL's stage-2 step (the full loss, everything trained,
   the state donated), its state and a random batch."""
   model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), VOCAB, CLASSES)
-  mesh = train.make_mesh()
-  state = train.start_stage(train.create_train_state(config, model, mesh), config, 2, mesh)
+  mesh = state_lib.make_mesh()
+  state = state_lib.start_stage(state_lib.create_train_state(config, model, mesh), config, 2, mesh)
   return (lambda mesh: train.make_train_step(config, model, 2, 1000, mesh), state,
           formats.random_batch(config, VOCAB, CLASSES, batch))
 
@@ -162,19 +163,18 @@ def backbone_step_and_state(config, batch: int) -> tuple:
   tx = optax.adam(2e-4)
   variables = jax.jit(model.init, static_argnums=2)(jax.random.PRNGKey(0), host_batch, 'image')
   state = (variables['params'], variables['batch_stats'], tx.init(variables['params']))
-  replicated = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec())
 
   def step(state, batch):
     return reference_models.train_step(*state, model=model, tx=tx, batch=batch, part='image'), ()
-  return (lambda mesh: jax.jit(step, donate_argnums=0), jax.device_put(state, replicated),
-          host_batch)
+  return (lambda mesh: jax.jit(step, donate_argnums=0),
+          jax.device_put(state, state_lib.replicated(state_lib.make_mesh())), host_batch)
 
 
 def encode_row(name: str, config, batch: int, reps: int) -> dict:
   """Images/s and captions/s of the evaluation encoders (gallery and query features)."""
   model = dssl.DSSL(ml_collections.FrozenConfigDict(config.model), VOCAB, CLASSES)
   variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
-  encoder = evaluate.Encoder(model, train.make_mesh())
+  encoder = evaluate.Encoder(model, state_lib.make_mesh())
   data = formats.random_eval_batch(config, VOCAB, CLASSES, batch)
   images = median_seconds(lambda: encoder.gallery(variables, [data]), reps)
   texts = median_seconds(lambda: encoder.queries(variables, [data]), reps)

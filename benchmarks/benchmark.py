@@ -40,6 +40,9 @@ import numpy as np
 import optax
 
 from dssl_jax import cli, evaluate, rerank, train
+from dssl_jax import metrics as metrics_lib
+from dssl_jax import similarity as similarity_lib
+from dssl_jax import state as state_lib
 from dssl_jax.data import formats
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
@@ -82,16 +85,16 @@ def _model(config):
 
 
 def bench_train(config, batch_size: int, reps: int):
-  model, mesh = _model(config), train.make_mesh()
+  model, mesh = _model(config), state_lib.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  d = config.data
+  data_config = config.data
   variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
   batch = train.global_batch(
       formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size), mesh)
   params = sum(x.size for x in jax.tree.leaves(variables['params']))
   for stage in (1, 2):
-    tx = train.make_optimizer(config, stage, steps_per_epoch=1000)
-    state = jax.device_put(train.TrainState(
+    tx = state_lib.make_optimizer(config, stage, steps_per_epoch=1000)
+    state = jax.device_put(state_lib.TrainState(
         jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
         tx.init(variables['params']), jax.random.PRNGKey(1)), replicated)
     step = train.make_train_step(config, model, stage, 1000, mesh, donate=False)
@@ -101,7 +104,8 @@ def bench_train(config, batch_size: int, reps: int):
     # XLA's cost analysis is of the per-device program: scale to the whole step.
     flops = (compiled.cost_analysis() or {}).get('flops', float('nan')) * jax.device_count()
     seconds = median_seconds(lambda: jax.block_until_ready(compiled(state, batch)), reps)
-    _emit({'what': f'train_stage{stage}', 'batch': batch_size, 'image_size': list(d.image_size),
+    _emit({'what': f'train_stage{stage}', 'batch': batch_size,
+           'image_size': list(data_config.image_size),
            'backbone': _backbone_name(config.model), 'embed_dim': config.model.embed_dim,
            'params': params,
            'compile_s': round(compile_s, 1), 'step_s': round(seconds, 3),
@@ -130,31 +134,37 @@ def _torch_records(arguments: list[str]) -> dict:
 def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'):
   """The same model and step in JAX and PyTorch, per branch and whole: where the time goes.
   backbone 'clip': the CLIP encoders' step against open_clip's (--what=clip_reference)."""
-  c, d = config.model, config.data
-  common = [f'--batch={batch_size}', f'--height={d.image_size[0]}', f'--width={d.image_size[1]}',
-            f'--classes={FLAGS.classes}', f'--max_words={d.max_words}', f'--reps={reps}']
+  model_config, data_config = config.model, config.data
+  height, width = data_config.image_size
+  common = [f'--batch={batch_size}', f'--height={height}', f'--width={width}',
+            f'--classes={FLAGS.classes}', f'--max_words={data_config.max_words}', f'--reps={reps}']
   if backbone == 'clip':
-    k, parts = c.clip, ('clip',)
+    clip_config, parts = model_config.clip, ('clip',)
     torch_records = _torch_records(
-        ['--parts=clip', *common, f'--clip_patch={k.patch}', f'--clip_image_width={k.image_width}',
-         f'--clip_image_layers={k.image_layers}', f'--clip_image_heads={k.image_heads}',
-         f'--clip_text_width={k.text_width}', f'--clip_text_layers={k.text_layers}',
-         f'--clip_text_heads={k.text_heads}', f'--clip_embed={k.embed_dim}'])
-    model = reference_models.ClipReferenceModel(ml_collections.FrozenConfigDict(c), FLAGS.classes)
+        ['--parts=clip', *common, f'--clip_patch={clip_config.patch}',
+         f'--clip_image_width={clip_config.image_width}',
+         f'--clip_image_layers={clip_config.image_layers}',
+         f'--clip_image_heads={clip_config.image_heads}',
+         f'--clip_text_width={clip_config.text_width}',
+         f'--clip_text_layers={clip_config.text_layers}',
+         f'--clip_text_heads={clip_config.text_heads}', f'--clip_embed={clip_config.embed_dim}'])
+    model = reference_models.ClipReferenceModel(ml_collections.FrozenConfigDict(model_config),
+                                                FLAGS.classes)
     batch = formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
     batch['tokens'] = np.where(batch['token_mask'], batch['tokens'], 0)
     batch['tokens'][:, -1] = 49407
   else:
-    if c.width != 64:
+    if model_config.width != 64:
       raise UserError(f'--what=reference compares with torchvision, whose ResNets have width 64: '
-                      f'set --config.model.width=64 (config has {c.width})')
+                      f'set --config.model.width=64 (config has {model_config.width})')
     parts = ('image', 'text', 'both')
     torch_records = _torch_records(
-        [f'--parts={",".join(parts)}', *common, f'--depth={c.depth}', f'--embed_dim={c.embed_dim}',
-         f'--word_dim={c.word_dim}', f'--vocab={FLAGS.vocab}', f'--max_phrases={d.max_phrases}',
-         f'--max_phrase_words={d.max_phrase_words}'])
-    model = reference_models.ReferenceModel(ml_collections.FrozenConfigDict(c), FLAGS.vocab,
-                                            FLAGS.classes)
+        [f'--parts={",".join(parts)}', *common, f'--depth={model_config.depth}',
+         f'--embed_dim={model_config.embed_dim}', f'--word_dim={model_config.word_dim}',
+         f'--vocab={FLAGS.vocab}', f'--max_phrases={data_config.max_phrases}',
+         f'--max_phrase_words={data_config.max_phrase_words}'])
+    model = reference_models.ReferenceModel(ml_collections.FrozenConfigDict(model_config),
+                                            FLAGS.vocab, FLAGS.classes)
     batch = formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
   batch = jax.device_put(batch)
   tx = optax.adam(2e-4)
@@ -175,7 +185,7 @@ def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'
 
 def bench_eval_encode(config, batch_size: int, reps: int):
   """Images/s and captions/s of the evaluation encoders on random batches (no dataset)."""
-  model, mesh = _model(config), train.make_mesh()
+  model, mesh = _model(config), state_lib.make_mesh()
   variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
   encoder = evaluate.Encoder(model, mesh)
   batch = formats.random_eval_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
@@ -194,8 +204,8 @@ def bench_similarity(config):
   queries = {'T_P': rng.normal(size=(FLAGS.queries, p)).astype(np.float32),
              'T_L': rng.normal(size=(FLAGS.queries, n, p)).astype(np.float32),
              'phrase_valid': np.arange(n) < rng.integers(1, n + 1, FLAGS.queries)[:, None]}
-  sim_s = median_seconds(lambda: evaluate.similarity(gallery, queries,
-                                                     *evaluate.sim_ti_weights(config)), 1)
+  sim_s = median_seconds(lambda: similarity_lib.similarity(gallery, queries,
+                                                     *similarity_lib.sim_ti_weights(config)), 1)
   _emit({'what': 'eval_similarity', 'gallery': FLAGS.gallery, 'queries': FLAGS.queries,
          'embed_dim': p, 'similarity_s': round(sim_s, 2)})
 
@@ -211,11 +221,11 @@ def bench_ranking(config):
   texts /= np.linalg.norm(texts, axis=1, keepdims=True)
   neighbours = rerank.nearest_texts(texts, config.eval.rerank_k_near)
   stages = {
-      'metrics': lambda: evaluate.retrieval_metrics(sim, query_ids, gallery_ids),
+      'metrics': lambda: metrics_lib.retrieval_metrics(sim, query_ids, gallery_ids),
       'text_neighbours': lambda: rerank.nearest_texts(texts, config.eval.rerank_k_near),
-      'rerank': lambda: evaluate.retrieval_metrics(
+      'rerank': lambda: metrics_lib.retrieval_metrics(
           sim, query_ids, gallery_ids, rerank.rerank(sim, neighbours, config.eval.rerank_k1)),
-      'image_to_text': lambda: evaluate.retrieval_metrics(sim.T, gallery_ids, query_ids)}
+      'image_to_text': lambda: metrics_lib.retrieval_metrics(sim.T, gallery_ids, query_ids)}
   record = {'what': 'ranking', 'gallery': FLAGS.gallery, 'queries': FLAGS.queries,
             'similarity_mb': round(sim.nbytes / 2**20)}
   for name, fn in stages.items():
@@ -277,13 +287,13 @@ def bench_test_eval(config):
                     meta.num_train_identities)
   split = config.eval.split
   variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
-  encoder = evaluate.Encoder(model, train.make_mesh())
-  result = evaluate.evaluate(encoder, variables, config, meta, split)
-  seconds = result['seconds']
+  encoder = evaluate.Encoder(model, state_lib.make_mesh())
+  result = evaluate.evaluate_split(encoder, variables, config, meta, split)
+  seconds = result.seconds
   start = time.perf_counter()
   evaluate.reranked_metrics(result, config.eval.rerank_k1, config.eval.rerank_k_near)
   seconds['rerank'] = time.perf_counter() - start
-  images, queries = len(result['gallery']['person_id']), len(result['queries']['person_id'])
+  images, queries = len(result.gallery['person_id']), len(result.queries['person_id'])
   _emit({'what': 'test_eval', 'split': split, 'images': images, 'queries': queries,
          'images_per_s': round(images / seconds['encode_images'], 1),
          'queries_per_s': round(queries / seconds['encode_queries'], 1),
@@ -297,7 +307,8 @@ def bench_search(config, size: int, shard_size: int = 50_000):
   from dssl_jax import index as index_lib  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
-  p, k, n = config.model.embed_dim, config.model.num_strips, config.data.max_phrases
+  embed_dim, strips = config.model.embed_dim, config.model.num_strips
+  phrases = config.data.max_phrases
   folder = tempfile.mkdtemp(prefix='dssl_search_', dir=FLAGS.scratch)
   rng = np.random.default_rng(0)
   try:
@@ -306,8 +317,8 @@ def bench_search(config, size: int, shard_size: int = 50_000):
       count = min(shard_size, size - first)
       shards.append(index_lib.write_shard(
           folder, f'shard_{number:05d}', [f'{i:08d}.jpg' for i in range(first, first + count)],
-          rng.standard_normal((count, p), np.float32),
-          rng.standard_normal((count, k, p), np.float32).astype(np.float16)))
+          rng.standard_normal((count, embed_dim), np.float32),
+          rng.standard_normal((count, strips, embed_dim), np.float32).astype(np.float16)))
     with open(os.path.join(folder, index_lib.MANIFEST), 'w') as f:
       json.dump({'version': index_lib.VERSION, 'fingerprint': {}, 'images': '',
                  'shards': shards}, f)
@@ -316,14 +327,14 @@ def bench_search(config, size: int, shard_size: int = 50_000):
     size_mb = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / 2**20
     first_stage_mb = sum(index.array(s, 'V_P').nbytes for s in range(len(shards))) / 2**20
     for count in (1, 10):
-      queries = {'T_P': rng.standard_normal((count, p), np.float32),
-                 'T_L': rng.standard_normal((count, n, p), np.float32),
-                 'phrase_valid': np.arange(n) < rng.integers(1, n + 1, count)[:, None]}
-      weights = evaluate.sim_ti_weights(config)
+      queries = {'T_P': rng.standard_normal((count, embed_dim), np.float32),
+                 'T_L': rng.standard_normal((count, phrases, embed_dim), np.float32),
+                 'phrase_valid': np.arange(phrases) < rng.integers(1, phrases + 1, count)[:, None]}
+      weights = similarity_lib.sim_ti_weights(config)
       run = lambda m: index_lib.search(index, queries, 10, *weights, m)
       two_stage = median_seconds(lambda: run(FLAGS.candidates), 1)
       exact = median_seconds(lambda: run(None), 1)
-      _emit({'what': 'search', 'index_size': size, 'queries': count, 'embed_dim': p,
+      _emit({'what': 'search', 'index_size': size, 'queries': count, 'embed_dim': embed_dim,
              'candidates': FLAGS.candidates, 'two_stage_s_per_query': round(two_stage / count, 3),
              'exact_s_per_query': round(exact / count, 3), 'index_mb': round(size_mb, 2),
              'first_stage_mb': round(first_stage_mb, 2), 'write_random_index_s': round(build_s, 1)})

@@ -22,8 +22,8 @@ def get_config():
   config.train.stage1_epochs = 2
   config.train.stage2_epochs = 12
   config.train.stage2_lr = 1e-3
-  # Val R1 still climbs steeply at epoch 8: decay after 10, 2 low-rate epochs give its gain
-  # (docs/experiments/synthetic_schedule.md: +3.7 val R1, every seed of 4).
+  # Val R1 still climbs steeply at epoch 8: decay after 10; 2 low-rate epochs give its gain
+  # (docs/experiments/synthetic_schedule.md).
   config.train.lr_decay_epochs = 10
   config.train.log_every_steps = 29
   config.train.checkpoint_every_steps = 300

@@ -68,8 +68,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.margin = 0.2  # alpha of the ranking loss (eq. 3)
-  # eq. 3 (and eq. 2's rank terms) over the batch: mean (over anchors; chosen on val over 3 seeds
-  # of the synthetic default, docs/experiments/rank_reduction.md) | sum (as printed: x B against ID)
+  # eq. 3 (and eq. 2's rank terms) over the batch: mean (over anchors; chosen on val on the
+  # synthetic default, docs/experiments/rank_reduction.md) | sum (as printed: x B against ID)
   loss.rank_reduction = 'mean'
   loss.align1 = True  # Table 1: V_P <-> T_P (eq. 5)
   loss.align2 = True  # V_G <-> V_R (eq. 8)

@@ -1,13 +1,8 @@
-"""Evaluation: encode gallery and queries, the test similarity Sim_TI, the field's metrics, and a
-run's final evaluation into its results file.
-
-Sim_TI (the paper gives lambda1 = lambda2 = 0.5, not the formula; docs/design.md's reading):
-  cos(V_P, T_P) + l1 * cos(CA(T_P, V_L), T_P) + l2 * cos(CA(V_P, T_L), V_P),
-with a CA term left out (weight 0) where the run trained none of its heads (`sim_ti_weights`).
-The pair-dependent CA terms are computed in chunks of queries, from Gram matrices (no [Q, G, p]
-tensor), so a CUHK-PEDES-sized test set fits in a few GB.
+"""Evaluation: encode a split's gallery and queries, rank them by Sim_TI (dssl_jax/similarity.py)
+and score the ranking with the field's metrics (dssl_jax/metrics.py), after each epoch on val and
+at the end of a run into its results file.
 """
-import functools
+import dataclasses
 import json
 import os
 import time
@@ -19,133 +14,13 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from dssl_jax import ranking, rerank
-from dssl_jax.models.heads import cross_attention_similarity, l2_normalize, part_gram
+from dssl_jax import rerank
+from dssl_jax import metrics as metrics_lib
+from dssl_jax import similarity as similarity_lib
+from dssl_jax import state as state_lib
 
-PAPER_LAMBDA = 0.5  # lambda1 = lambda2 (section 4.1.2)
 GALLERY_FEATURES = ('V_P', 'V_L')
 QUERY_FEATURES = ('T_P', 'T_L', 'phrase_valid')
-
-
-def retrieval_metrics(similarity: np.ndarray, query_ids: np.ndarray, gallery_ids: np.ndarray,
-                      head: np.ndarray | None = None) -> dict:
-  """R@1/5/10, mAP and mINP (percent) of ranking the gallery for each query (row).
-
-  As the field's reference evaluation: every gallery entry of the query's person is relevant;
-  R@k succeeds if one is in the top k; AP is non-interpolated; INP = relevant count / 1-based rank
-  of the last relevant. Ties keep gallery order. Queries whose person is not in the gallery have no
-  defined rank: they are left out of every average and counted in `queries_without_match`.
-  `head` [Q, K]: a new order of each row's top K (re-ranking's output); the rest keep their ranks.
-  Only the relevant entries' ranks are computed, `ranking.CHUNK` rows at a time.
-  R1_stderr: R1's standard error over the queries' people (`stderr_over_people`), what another
-  test split of as many people would move it by.
-  """
-  by_id = np.argsort(gallery_ids, kind='stable')
-  ids, starts = np.unique(gallery_ids[by_id], return_index=True)
-  bounds = np.append(starts, len(by_id))
-  first_hit, average_precision, inverse_negative, ranked_ids = [], [], [], []
-  for rows in ranking.chunks(len(similarity)):
-    block = np.ascontiguousarray(similarity[rows])  # also a transposed matrix's rows
-    sorted_block = np.sort(block, axis=1)
-    for i, q in enumerate(range(rows.start, rows.stop)):
-      at = np.searchsorted(ids, query_ids[q])
-      if at == len(ids) or ids[at] != query_ids[q]:
-        continue
-      relevant = by_id[bounds[at]:bounds[at + 1]]
-      ranks = ranking.ranks_in_row(block[i], sorted_block[i], relevant)
-      if head is not None:
-        moved, position = np.nonzero(relevant[:, None] == head[q][None, :])
-        ranks[moved] = position
-      ranks = np.sort(ranks) + 1
-      first_hit.append(ranks[0])
-      ranked_ids.append(query_ids[q])
-      average_precision.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
-      inverse_negative.append(len(ranks) / ranks[-1])
-  first_hit = np.array(first_hit)
-  percent = lambda x: float(100 * np.mean(x)) if len(x) else 0.0
-  return {'R1': percent(first_hit <= 1), 'R5': percent(first_hit <= 5),
-          'R10': percent(first_hit <= 10), 'mAP': percent(average_precision),
-          'mINP': percent(inverse_negative),
-          'R1_stderr': 100 * stderr_over_people(first_hit <= 1, np.array(ranked_ids)),
-          'queries': len(first_hit), 'queries_without_match': len(similarity) - len(first_hit)}
-
-
-def stderr_over_people(values: np.ndarray, people: np.ndarray) -> float:
-  """Standard error of values.mean() when the people, not the queries, are the sample.
-
-  A person's queries share their gallery images, so they succeed or fail together: the binomial
-  error over Q queries understates how much a metric would move on another test split of as many
-  people. This is the cluster-robust (sandwich) estimate, with people as clusters:
-  sqrt(C / (C - 1) * sum_c (sum_{q in c} (v_q - mean))^2) / Q for C people; with one query per
-  person it is the plain std / sqrt(Q). 0 when fewer than 2 people.
-  """
-  values = np.asarray(values, float)
-  unique, cluster = np.unique(people, return_inverse=True)
-  count = len(unique)
-  if count < 2:
-    return 0.0
-  residual_sums = np.bincount(cluster, values - values.mean(), minlength=count)
-  return float(np.sqrt(count / (count - 1) * np.sum(residual_sums ** 2)) / len(values))
-
-
-def sim_ti_weights(config: ml_collections.ConfigDict) -> tuple[float, float]:
-  """(lambda1, lambda2) of Sim_TI for the run `config` describes.
-
-  An unset weight (config.eval.lambda1/2 = None) is the paper's 0.5 where its CA term was trained,
-  else 0: only Align IV (eq. 13) trains the visual parts V_L (image_local, SAM) to match a text,
-  and only Align V (eq. 14) trains the phrases T_L to match an image (SDM's eq. 2 trains them to
-  reconstruct M_T, not to match); the baseline trains neither. A random head would add noise to
-  exactly the ablation rows of Table 1 that turn those aligns off. A weight set explicitly is used
-  as given.
-  """
-  e, loss, baseline = config.eval, config.loss, config.model.baseline
-  if e.zero_shot:  # CLIP's features alone (Encoder's zero_shot): no CA term exists
-    return 0.0, 0.0
-  def weight(value, trained: bool) -> float:
-    if value is None:
-      return PAPER_LAMBDA if trained and not baseline else 0.0
-    return float(value)
-  return weight(e.lambda1, loss.align4), weight(e.lambda2, loss.align5)
-
-
-@functools.partial(jax.jit, static_argnames=('lambda1', 'lambda2'))
-def _similarity_chunk(gallery: dict, queries: dict, lambda1: float, lambda2: float):
-  """Sim_TI [q, G] for a chunk of queries against the whole gallery (float16 features welcome)."""
-  gallery = {k: v.astype(jnp.float32) for k, v in gallery.items()}
-  v_p = gallery['V_P']
-  sim = l2_normalize(queries['T_P']) @ l2_normalize(v_p).T
-  if lambda1:
-    strips = jnp.ones(gallery['V_L'].shape[:2], bool)
-    sim += lambda1 * cross_attention_similarity(gallery['V_L'], strips, queries['T_P'],
-                                                gallery['V_L_gram']).T
-  if lambda2:
-    sim += lambda2 * cross_attention_similarity(queries['T_L'], queries['phrase_valid'], v_p)
-  return sim
-
-
-gallery_gram = jax.jit(part_gram)
-
-
-def similarity(gallery: dict, queries: dict, lambda1: float = 0.5, lambda2: float = 0.5,
-               chunk: int = 256) -> np.ndarray:
-  """Sim_TI [Q, G] of every query (text) against every gallery image, `chunk` queries at a time.
-
-  gallery: V_P, V_L (and V_L_gram = part_gram(V_L), else computed here, once).
-  """
-  gallery = dict(gallery)
-  if lambda1 and 'V_L_gram' not in gallery:
-    gallery['V_L_gram'] = gallery_gram(jnp.asarray(gallery['V_L'], jnp.float32))
-  elif not lambda1:
-    gallery.pop('V_L_gram', None)
-  count = len(queries['T_P'])
-  rows = []
-  for start in range(0, count, chunk):
-    part = {k: v[start:start + chunk] for k, v in queries.items()}
-    short = chunk - len(part['T_P'])
-    if short:  # one compiled shape: pad the last chunk
-      part = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in part.items()}
-    rows.append(np.asarray(_similarity_chunk(gallery, part, float(lambda1), float(lambda2))))
-  return np.concatenate(rows)[:count]
 
 
 def _allgather_strings(strings: np.ndarray) -> np.ndarray:
@@ -230,10 +105,20 @@ class Encoder:
                          'sentences', total)
 
 
-def evaluate(encoder: Encoder, variables, config: ml_collections.ConfigDict, meta,
-             split: str) -> dict:
-  """Metrics of `split` (and the features and similarity, for pictures and re-ranking), with the
-  seconds each stage took. Sim_TI's weights are `sim_ti_weights(config)`."""
+@dataclasses.dataclass
+class SplitEvaluation:
+  """A split's metrics, and what pictures and re-ranking read besides."""
+  metrics: dict
+  similarity: np.ndarray  # Sim_TI [queries, gallery]
+  gallery: dict  # the images' features, person_id and file_path
+  queries: dict  # the captions' features, person_id and text
+  seconds: dict  # per stage: encode_images, encode_queries, similarity, metrics
+
+
+def evaluate_split(encoder: Encoder, variables, config: ml_collections.ConfigDict, meta,
+                   split: str) -> SplitEvaluation:
+  """Encodes `split`, ranks it by Sim_TI (weights: similarity.sim_ti_weights(config)) and scores
+  the ranking, timing each stage."""
   from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   index, count = jax.process_index(), jax.process_count()
   seconds = {}
@@ -247,23 +132,23 @@ def evaluate(encoder: Encoder, variables, config: ml_collections.ConfigDict, met
       variables, pipeline.gallery(config, split, index, count), kept.get('images')))
   queries = timed('encode_queries', lambda: encoder.queries(
       variables, pipeline.queries(config, meta, split, index, count), kept.get('captions')))
-  sim = timed('similarity', lambda: similarity(
+  sim = timed('similarity', lambda: similarity_lib.similarity(
       {k: gallery[k] for k in GALLERY_FEATURES}, {k: queries[k] for k in QUERY_FEATURES},
-      *sim_ti_weights(config)))
-  metrics = timed('metrics', lambda: retrieval_metrics(sim, queries['person_id'],
-                                                       gallery['person_id']))
-  return {'metrics': metrics, 'similarity': sim, 'gallery': gallery, 'queries': queries,
-          'seconds': seconds}
+      *similarity_lib.sim_ti_weights(config)))
+  metrics = timed('metrics', lambda: metrics_lib.retrieval_metrics(
+      sim, queries['person_id'], gallery['person_id']))
+  return SplitEvaluation(metrics, sim, gallery, queries, seconds)
 
 
-def reranked_metrics(result: dict, k1: int, k_near: int) -> dict:
-  """retrieval_metrics after cross-modal re-ranking (Table 6, DSSL + RR) of an `evaluate` result:
+def reranked_metrics(result: SplitEvaluation, k1: int, k_near: int) -> dict:
+  """retrieval_metrics after cross-modal re-ranking (Table 6, DSSL + RR) of a split's evaluation:
   each query's K_near nearest texts by cos(T_P, T_P) vote on its top-K1 images."""
-  queries = result['queries']
-  neighbours = rerank.nearest_texts(np.asarray(l2_normalize(queries['T_P'])), k_near)
-  head = rerank.rerank(result['similarity'], neighbours, k1)
-  return retrieval_metrics(result['similarity'], queries['person_id'],
-                           result['gallery']['person_id'], head)
+  queries = result.queries
+  neighbours = rerank.nearest_texts(np.asarray(similarity_lib.l2_normalize(queries['T_P'])),
+                                    k_near)
+  head = rerank.rerank(result.similarity, neighbours, k1)
+  return metrics_lib.retrieval_metrics(result.similarity, queries['person_id'],
+                                       result.gallery['person_id'], head)
 
 
 def final_evaluation(encoder: Encoder, variables, which: str, config: ml_collections.ConfigDict,
@@ -275,21 +160,21 @@ def final_evaluation(encoder: Encoder, variables, which: str, config: ml_collect
   from dssl_jax import plots, reports  # pylint: disable=g-import-not-at-top
   split = config.eval.split
   start = time.time()
-  result = evaluate(encoder, variables, config, meta, split)
-  metrics = dict(result['metrics'])
+  result = evaluate_split(encoder, variables, config, meta, split)
+  metrics = dict(result.metrics)
   rows = {'DSSL': metrics}
   if config.eval.rerank:
     metrics['rerank'] = reranked_metrics(result, config.eval.rerank_k1, config.eval.rerank_k_near)
     rows['DSSL + RR'] = metrics['rerank']
   if config.eval.image_to_text:
-    metrics['image_to_text'] = retrieval_metrics(
-        result['similarity'].T, result['gallery']['person_id'], result['queries']['person_id'])
+    metrics['image_to_text'] = metrics_lib.retrieval_metrics(
+        result.similarity.T, result.gallery['person_id'], result.queries['person_id'])
     rows['image to text'] = metrics['image_to_text']
   seconds = time.time() - start
   unmatched = metrics['queries_without_match']
-  lambda1, lambda2 = sim_ti_weights(config)
+  lambda1, lambda2 = similarity_lib.sim_ti_weights(config)
   reports.say(f'{split} split, {which}, {metrics["queries"]} queries, '
-              f'{len(result["gallery"]["person_id"])} images, Sim_TI with lambda1 = {lambda1:g}, '
+              f'{len(result.gallery["person_id"])} images, Sim_TI with lambda1 = {lambda1:g}, '
               f'lambda2 = {lambda2:g} ({seconds:.1f}s)'
               + (f'; {unmatched} queries whose person has no gallery image were left out'
                  if unmatched else '') + ':')
@@ -303,10 +188,23 @@ def final_evaluation(encoder: Encoder, variables, which: str, config: ml_collect
                  {'split': split, 'evaluated': which, 'eval_seconds': round(seconds, 1),
                   'lambda1': lambda1, 'lambda2': lambda2, 'zero_shot': config.eval.zero_shot})
     plots.retrieval_picture(
-        os.path.join(workdir, f'retrieval_{split}{other}.png'), result['similarity'],
-        result['queries']['text'], result['queries']['person_id'],
-        result['gallery']['file_path'], result['gallery']['person_id'], image_root)
+        os.path.join(workdir, f'retrieval_{split}{other}.png'), result.similarity,
+        result.queries['text'], result.queries['person_id'],
+        result.gallery['file_path'], result.gallery['person_id'], image_root)
   return metrics
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """--mode=eval: the final evaluation of a trained workdir (see final_evaluation), or
+  of CLIP's own features with config.eval.zero_shot."""
+  from dssl_jax.data import builders, pipeline  # pylint: disable=g-import-not-at-top
+  meta = pipeline.dataset_meta(config.data)
+  model, mesh = state_lib.make_model(config, meta), state_lib.make_mesh()
+  loaded = (state_lib.zero_shot_variables(config, model, mesh) if config.eval.zero_shot
+            else state_lib.load_variables(config, workdir, model, mesh))
+  return final_evaluation(
+      Encoder(model, mesh, config.eval.zero_shot), loaded.variables, loaded.which, config, meta,
+      os.path.abspath(workdir), image_root=os.path.join(builders.manual_dir(config.data), 'imgs'))
 
 
 def save_results(path: str, metrics: dict, extra: dict | None = None):

@@ -13,10 +13,10 @@ import os
 
 import numpy as np
 
-from dssl_jax import evaluate
-from dssl_jax.data.builders.annotations import check_image
+from dssl_jax import similarity as similarity_lib
+from dssl_jax.data.images import check_image
 from dssl_jax.errors import UserError
-from dssl_jax.models.heads import l2_normalize
+from dssl_jax.similarity import l2_normalize
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 MANIFEST, FILES = 'manifest.json', 'files.json'
@@ -64,7 +64,7 @@ class Index:
     return valid
 
   def features(self, shard: int, rows=slice(None)) -> dict:
-    """What evaluate.similarity takes of the gallery, for `rows` of a shard."""
+    """What similarity_lib.similarity takes of the gallery, for `rows` of a shard."""
     return {k: np.asarray(self.array(shard, k)[rows]) for k in ('V_P', 'V_L', 'V_L_gram')}
 
 
@@ -74,7 +74,7 @@ def write_shard(folder: str, name: str, paths: list, v_p: np.ndarray, v_l: np.nd
   arrays = {'paths': np.array(paths, str),
             'V_P': np.asarray(l2_normalize(v_p), np.float16),  # unit rows: cosines are dot products
             'V_L': v_l,
-            'V_L_gram': np.asarray(evaluate.gallery_gram(v_l.astype(np.float32)))}
+            'V_L_gram': np.asarray(similarity_lib.gallery_gram(v_l.astype(np.float32)))}
   for key, value in arrays.items():
     path = os.path.join(folder, f'{name}.{key}.npy')
     with open(path + '.tmp', 'wb') as f:
@@ -84,7 +84,17 @@ def write_shard(folder: str, name: str, paths: list, v_p: np.ndarray, v_l: np.nd
 
 
 def build_index(retriever, images: str, folder: str, shard_size: int = 50_000) -> dict:
-  """Encodes what is new or changed under `images` with a `Retriever`; returns counts."""
+  """Encodes what is new or changed under a folder of images into the index `folder`.
+
+  Args:
+    retriever: the `Retriever` whose model encodes the images.
+    images: the folder of jpg/png images, searched recursively.
+    folder: the index's folder.
+    shard_size: images per shard.
+
+  Returns:
+    Counts: {found, encoded, unreadable, indexed}.
+  """
   if not os.path.isdir(images):
     raise UserError(f'--images {images!r} is not a folder')
   index = Index(folder)
@@ -126,14 +136,26 @@ def build_index(retriever, images: str, folder: str, shard_size: int = 50_000) -
 
 def search(index: Index, queries: dict, top: int, lambda1: float, lambda2: float,
            candidates: int | None = 1000) -> list:
-  """The top-`top` (path, score) of each query, best first. candidates=None: Sim_TI of every
-  image (exact); else Sim_TI of the `candidates` images of highest cos(V_P, T_P) (two stages)."""
+  """The best images of the index for each query.
+
+  Args:
+    index: an `Index` (its fingerprint already checked).
+    queries: `Retriever.encode_texts`'s output.
+    top: hits per query.
+    lambda1, lambda2: Sim_TI's weights of the CA terms.
+    candidates: None: Sim_TI of every image (exact); else Sim_TI of the `candidates` images of
+      highest cos(V_P, T_P) (two stages).
+
+  Returns:
+    For each query, `top` (image path relative to the indexed folder, score), best first.
+  """
   count = len(queries['T_P'])
   if not index.manifest['shards']:
     return [[] for _ in range(count)]
   if candidates is None:
     picked = [(s, np.flatnonzero(index.valid(s))) for s in range(len(index.manifest['shards']))]
-    sims = [evaluate.similarity(index.features(s), queries, lambda1, lambda2, chunk=count)[:, rows]
+    sims = [similarity_lib.similarity(index.features(s), queries, lambda1, lambda2,
+                                      chunk=count)[:, rows]
             for s, rows in picked]
     return [_best(index, top, picked, np.concatenate([sim[q] for sim in sims]))
             for q in range(count)]
@@ -148,8 +170,8 @@ def search(index: Index, queries: dict, top: int, lambda1: float, lambda2: float
     found = len(gallery['V_P'])  # padded to one shape for every query: one compilation
     gallery = {k: np.concatenate([v, np.repeat(v[-1:], size - found, axis=0)])
                for k, v in gallery.items()}
-    scores = evaluate.similarity(gallery, {k: v[q:q + 1] for k, v in queries.items()}, lambda1,
-                                 lambda2, chunk=1)[0, :found]
+    scores = similarity_lib.similarity(gallery, {k: v[q:q + 1] for k, v in queries.items()},
+                                       lambda1, lambda2, chunk=1)[0, :found]
     results.append(_best(index, top, picked, scores))
   return results
 
@@ -179,7 +201,15 @@ def first_stage(index: Index, t_p: np.ndarray, candidates: int) -> list:
 
 def recall(index: Index, queries: dict, top: int, lambda1: float, lambda2: float,
            candidates: tuple = (10, 30, 100, 300, 1000)) -> dict:
-  """{M: the share of the exact top-`top` that two stages with M candidates return}."""
+  """How much of the exact search the two-stage one keeps.
+
+  Args:
+    index, queries, top, lambda1, lambda2: as `search` takes them.
+    candidates: the first stage's candidate counts to try.
+
+  Returns:
+    {M: the share of the exact top-`top` that two stages with M candidates return}.
+  """
   exact = [{p for p, _ in hits} for hits in search(index, queries, top, lambda1, lambda2, None)]
   return {m: float(np.mean([len(want & {p for p, _ in hits}) / max(len(want), 1) for want, hits in
                             zip(exact, search(index, queries, top, lambda1, lambda2, m))]))

@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from dssl_jax.data import formats
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
-from dssl_jax.models.heads import cross_attention_similarity, l2_normalize, safe_norm
+from dssl_jax.similarity import cross_attention_similarity, l2_normalize, safe_norm
 
 
 def cosine_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -67,7 +68,7 @@ def mec_loss(person: jax.Array, surroundings: jax.Array,
 
   'literal': ||P^T S||_F as printed, computed as sqrt(sum((P P^T) * (S S^T))) (B x B, not p x p).
   It is not scale-free while every other loss reads V_P and V_S through cosines or GN: at the
-  start of stage 2 it is ~90% of the loss with 120-260x each Align term's backbone gradient
+  start of stage 2 it dominates the loss and its backbone gradient dwarfs each Align term's
   (docs/experiments/loss_balance.md), and it is met by shrinking both features. Nor does it vanish
   when the features are orthogonal: it measures how the coordinates of the batch co-vary.
   'squared_cosine' (default): the mean of cos(V_P^i, V_S^j)^2 over every pair of the batch, i.e.
@@ -77,9 +78,8 @@ def mec_loss(person: jax.Array, surroundings: jax.Array,
   feature, at most 1, and blind to scale, so it can only be met by direction. Its pull on a cosine
   c is 2c / B^2: it fades as the overlap goes, and leaves the aligns the last word.
   'cosine': the root of that mean, ||P' S'^T||_F / B. The root's gradient over the cosines has
-  norm 1 / B however small they are, so it pushes at full strength to the end (cosines ~0.03 at
-  the end of a synthetic run, against ~0.12 for squared_cosine and ~0.16 without MEC) and costs
-  accuracy (docs/experiments/mec_form.md).
+  norm 1 / B however small they are, so it pushes at full strength to the end and costs accuracy
+  (docs/experiments/mec_form.md).
   """
   if form == 'literal':
     squared = jnp.sum((person @ person.T) * (surroundings @ surroundings.T))
@@ -131,15 +131,15 @@ def identical_phrases(batch: dict, config: ml_collections.ConfigDict) -> jax.Arr
   'other_person' (default): every other person's phrase is a negative, as eq. 3 is printed.
   'distinct': not one with the same words. A phrase is encoded on its own, so the same words
   ("the man", "black shoes") give the same M_T in every caption, and eq. 2 cannot rank one copy
-  above the other: on the synthetic default such pairs are ~4% of a slot's negatives and nearly
-  all of the SDM loss that remains at the end (docs/experiments/sdm_negatives.md).
+  above the other: on the synthetic default such pairs make nearly all of the SDM loss that
+  remains at the end (docs/experiments/sdm_negatives.md).
   CLIP's phrase spans are read in their sentence's context, so none of them is the same.
   """
   rule = config.loss.sdm_phrase_negatives
   if rule not in ('distinct', 'other_person'):
     raise UserError("config.loss.sdm_phrase_negatives must be 'distinct' or 'other_person', "
                     f'got {rule!r}')
-  if rule == 'other_person' or dssl.phrase_spans(config):
+  if rule == 'other_person' or formats.phrase_spans(config):
     return None
   words = jnp.where(batch['phrase_mask'], batch['phrases'], 0)  # [B, n, l]
   return jnp.all(words[:, None] == words[None, :], axis=-1)

@@ -21,15 +21,23 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  """The entry point: --mode over --config and --workdir (flags above).
+
+  Args:
+    argv: the program name alone (everything else is a flag).
+
+  Returns:
+    None; exits with 1 and one line on stderr on bad input.
+  """
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if FLAGS.mode == 'config':
     print(FLAGS.config)
     return
   cli.quiet_logging()
-  from dssl_jax import train  # pylint: disable=g-import-not-at-top
+  from dssl_jax import modes  # pylint: disable=g-import-not-at-top
   try:
-    train.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    modes.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except UserError as e:
     cli.fail(str(e))
 

@@ -27,7 +27,7 @@ def nearest_texts(text_features: np.ndarray, k_near: int) -> np.ndarray:
 
 def rerank(similarity: np.ndarray, neighbours: np.ndarray, k1: int = 10) -> np.ndarray:
   """[Q, K1]: each query's top-K1 images of `similarity` [Q, G] in their re-ranked order, for
-  evaluate.retrieval_metrics(head=...). neighbours [Q, K_near]: `nearest_texts`."""
+  metrics.retrieval_metrics(head=...). neighbours [Q, K_near]: `nearest_texts`."""
   num_queries, num_gallery = similarity.shape
   k1, k_near = min(k1, num_gallery), neighbours.shape[1]
   top = np.concatenate([ranking.top_k(similarity[rows], k1)

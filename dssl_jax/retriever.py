@@ -17,7 +17,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from dssl_jax import checkpoints, evaluate, index as index_lib, train
+from dssl_jax import checkpoints, evaluate, index as index_lib
+from dssl_jax import similarity as similarity_lib
+from dssl_jax import state as state_lib
 from dssl_jax.data import captions, pipeline
 from dssl_jax.errors import UserError
 
@@ -28,8 +30,9 @@ class Retriever:
   def __init__(self, workdir: str):
     """Prefer `Retriever.from_workdir(path)`."""
     self.config, self.meta = checkpoints.load_workdir(workdir)
-    model, mesh = train.make_model(self.config, self.meta), train.make_mesh()
-    self.variables, self.checkpoint = train.load_variables(self.config, workdir, model, mesh)
+    model, mesh = state_lib.make_model(self.config, self.meta), state_lib.make_mesh()
+    loaded = state_lib.load_variables(self.config, workdir, model, mesh)
+    self.variables, self.checkpoint = loaded.variables, loaded.which
     self.encoder = evaluate.Encoder(model, mesh)
     self.word_ids = {w: i for i, w in enumerate(self.meta.vocabulary)}
     self.fingerprint = {'model': self.config.model.to_dict(),
@@ -38,12 +41,28 @@ class Retriever:
 
   @classmethod
   def from_workdir(cls, workdir: str) -> 'Retriever':
+    """The trained model of a workdir.
+
+    Args:
+      workdir: a folder that `python -m dssl_jax.main --mode=train` wrote.
+
+    Returns:
+      A Retriever with config.eval.checkpoint's variables (the best on val by default).
+    """
     return cls(workdir)
 
   # ------------------------------------------------------------------ images
 
   def encode_images(self, images: list) -> dict:
-    """{'V_P' [N, p], 'V_L' [N, k, p]} of image paths or uint8 [H, W, 3] arrays (any size)."""
+    """The gallery features of images, resized to the model's input size.
+
+    Args:
+      images: image file paths (jpg, png), or uint8 [H, W, 3] arrays of any size; not both.
+
+    Returns:
+      {'V_P': [N, p] person features, 'V_L': [N, k, p] strip features}, what `similarity` and
+      `search` rank.
+    """
     if not len(images):
       raise UserError('encode_images needs at least one image')
     size = self.config.data.image_size
@@ -88,7 +107,14 @@ class Retriever:
     return sorted({w for w in captions.tokenize(text) if w not in self.word_ids})
 
   def encode_texts(self, texts: list[str]) -> dict:
-    """{'T_P', 'T_L', 'phrase_valid'} of each sentence and its noun phrases."""
+    """The query features of sentences and their noun phrases.
+
+    Args:
+      texts: a list of sentences, each with at least one word.
+
+    Returns:
+      {'T_P': [N, p], 'T_L': [N, n, p] phrase features, 'phrase_valid': [N, n]}.
+    """
     if isinstance(texts, str) or not len(texts):
       raise UserError('encode_texts needs a list of at least one sentence')
     words = [captions.tokenize(text) for text in texts]
@@ -125,12 +151,28 @@ class Retriever:
   # ------------------------------------------------------------------ ranking
 
   def similarity(self, images: dict, texts: dict) -> np.ndarray:
-    """Sim_TI [texts, images] of `encode_texts` and `encode_images` outputs (higher: better)."""
-    return evaluate.similarity(images, texts, *evaluate.sim_ti_weights(self.config))
+    """Sim_TI of every text against every image.
+
+    Args:
+      images: `encode_images`'s output.
+      texts: `encode_texts`'s output.
+
+    Returns:
+      [texts, images] scores, higher for a better match.
+    """
+    return similarity_lib.similarity(images, texts, *similarity_lib.sim_ti_weights(self.config))
 
   def build_index(self, images: str, folder: str, shard_size: int = 50_000) -> dict:
-    """Encodes every new or changed jpg/png under the folder `images` into the index `folder`;
-    returns {found, encoded, unreadable, indexed} counts."""
+    """Encodes every new or changed jpg/png under a folder into an on-disk index.
+
+    Args:
+      images: the folder of images (searched recursively).
+      folder: the index's folder, created or updated.
+      shard_size: images per shard file.
+
+    Returns:
+      Counts: {found, encoded, unreadable, indexed}.
+    """
     return index_lib.build_index(self, images, folder, shard_size)
 
   def open_index(self, folder: str) -> index_lib.Index:
@@ -141,9 +183,20 @@ class Retriever:
 
   def search(self, texts: list[str], index, top: int = 10,
              candidates: int | None = 1000) -> list[list[tuple[str, float]]]:
-    """The `top` (image path relative to the indexed folder, Sim_TI score) of each sentence, best
-    first. `index`: a folder or `open_index`'s result. candidates=None: Sim_TI of every image."""
+    """The best images of an index for each sentence.
+
+    Args:
+      texts: a list of sentences.
+      index: an index folder (`build_index`'s) or `open_index`'s result.
+      top: hits per sentence.
+      candidates: images per sentence that the first stage (cos(V_P, T_P)) passes to the full
+        Sim_TI; None scores every image with Sim_TI.
+
+    Returns:
+      For each sentence, `top` (image path relative to the indexed folder, Sim_TI score), best
+      first.
+    """
     if not isinstance(index, index_lib.Index):
       index = self.open_index(index)
     return index_lib.search(index, self.encode_texts(texts), top,
-                            *evaluate.sim_ti_weights(self.config), candidates)
+                            *similarity_lib.sim_ti_weights(self.config), candidates)

@@ -35,12 +35,21 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  """The search command line.
+
+  Args:
+    argv: the program name, then `index`, `query` (followed by the sentences) or `recall`.
+
+  Returns:
+    None; exits with 1 and one line on stderr on bad input.
+  """
   cli.quiet_logging()
   if len(argv) < 2 or argv[1] not in ('index', 'query', 'recall'):
     raise app.UsageError('usage: python -m dssl_jax.search index|query|recall --workdir W ...')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
-  from dssl_jax import evaluate, index as index_lib, plots  # pylint: disable=g-import-not-at-top
+  from dssl_jax import index as index_lib, plots  # pylint: disable=g-import-not-at-top
+  from dssl_jax import similarity as similarity_lib  # pylint: disable=g-import-not-at-top
   from dssl_jax.retriever import Retriever  # pylint: disable=g-import-not-at-top
   folder = FLAGS.index or os.path.join(FLAGS.workdir, 'index')
   try:
@@ -62,7 +71,7 @@ def main(argv):
     index = retriever.open_index(folder)
     if argv[1] == 'recall':
       shares = index_lib.recall(index, retriever.encode_texts(texts), FLAGS.top,
-                                *evaluate.sim_ti_weights(retriever.config))
+                                *similarity_lib.sim_ti_weights(retriever.config))
       for m, share in shares.items():
         print(f'{m} candidates: {100 * share:.2f}% of the exact top-{FLAGS.top} of '
               f'{len(texts)} queries')

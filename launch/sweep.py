@@ -63,8 +63,8 @@ def seed_runs(workdir: str, name: str, seed: int, seeds: int) -> list[tuple[str,
 
 def train_row(config: ml_collections.ConfigDict, workdir: str):
   """One row's run, as python -m dssl_jax.main --mode=train would do it."""
-  from dssl_jax import train  # pylint: disable=g-import-not-at-top
-  train.run(config, workdir, 'train')
+  from dssl_jax import modes  # pylint: disable=g-import-not-at-top
+  modes.run(config, workdir, 'train')
 
 
 def sim_ti_label(runs: list[dict]) -> str:

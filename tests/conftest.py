@@ -62,7 +62,7 @@ def trained(tmp_path_factory):
   t.stage1_epochs, t.stage2_epochs, t.stage2_lr, t.lr_decay_epochs = 1, 40, 2e-3, 100
   t.eval_every_epochs = 1000  # a 1-person val split cannot pick a best epoch: use the last
   workdir = str(tmp_path_factory.mktemp('run'))
-  train.train(config, workdir)
+  train.run_training(config, workdir)
   raw = builders.manual_dir(config.data)
   with open(os.path.join(raw, 'reid_raw.json')) as f:
     entries = [e for e in json.load(f) if e['split'] == 'train']

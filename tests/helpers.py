@@ -5,6 +5,7 @@ import gzip
 import importlib
 import importlib.util
 
+import flax
 import jax
 import ml_collections
 import pytest
@@ -136,6 +137,11 @@ def tiny_train_config(config):
     config.train[field] = tiny.train[field]
   config.eval.image_to_text = True
   return config
+
+
+def leaves(tree) -> dict:
+  """{'a/b/c': array} of a pytree of variables, on the host."""
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(jax.device_get(tree)), sep='/')
 
 
 def init_model(config, vocab_size: int = 50, num_classes: int = 7, seed: int = 0):

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from dssl_jax import clip_weights
+from dssl_jax import similarity as similarity_lib
+from dssl_jax import state as state_lib
 from dssl_jax.errors import UserError
 from tests.helpers import reference
 
@@ -128,35 +130,37 @@ def _tiny_clip(tmp_path, config):
 
 
 def test_training_starts_from_the_converted_weights(tiny_dataset, tmp_path):
-  from dssl_jax import train  # pylint: disable=g-import-not-at-top
   from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from tests.helpers import tiny_train_config  # pylint: disable=g-import-not-at-top
   config = tiny_train_config(tiny_dataset[0])
   _, converted = _tiny_clip(tmp_path, config)
-  model = train.make_model(config, pipeline.dataset_meta(config.data))
-  params = train.create_train_state(config, model, train.make_mesh()).params
+  model = state_lib.make_model(config, pipeline.dataset_meta(config.data))
+  params = state_lib.create_train_state(config, model, state_lib.make_mesh()).params
   np.testing.assert_array_equal(params['backbone']['proj'], converted['image']['proj'])
   np.testing.assert_array_equal(params['text']['transformer']['resblocks_0']['c_fc']['kernel'],
                                 converted['text']['transformer']['resblocks_0']['c_fc']['kernel'])
   config.model.clip.image_layers = 2
   with pytest.raises(UserError, match=r'missing .*resblocks_1.*check config.model.clip and '
                      'data.image_size'):
-    train.create_train_state(config, train.make_model(config, pipeline.dataset_meta(config.data)),
-                             train.make_mesh())
+    state_lib.create_train_state(
+        config, state_lib.make_model(config, pipeline.dataset_meta(config.data)),
+        state_lib.make_mesh())
 
 
 def test_zero_shot_similarity_is_open_clips_logits_per_text_up_to_scale(tmp_path):
   """config.eval.zero_shot ranks by cos(projected class token, projected end-of-text token): the
   Encoder's zero-shot features through Sim_TI give open_clip's logits_per_text over its scale."""
-  from dssl_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+  from dssl_jax import evaluate  # pylint: disable=g-import-not-at-top
   from dssl_jax.data.formats import DatasetMeta  # pylint: disable=g-import-not-at-top
   from tests.helpers import tiny_model_config  # pylint: disable=g-import-not-at-top
   config = tiny_model_config()
   reference, _ = _tiny_clip(tmp_path, config)
   config.eval.zero_shot = True
-  assert evaluate.sim_ti_weights(config) == (0.0, 0.0)
-  model, mesh = train.make_model(config, DatasetMeta(['<pad>'], 3, {}, ())), train.make_mesh()
-  variables, which = train.zero_shot_variables(config, model, mesh)
+  assert similarity_lib.sim_ti_weights(config) == (0.0, 0.0)
+  model = state_lib.make_model(config, DatasetMeta(['<pad>'], 3, {}, ()))
+  mesh = state_lib.make_mesh()
+  loaded = state_lib.zero_shot_variables(config, model, mesh)
+  variables, which = loaded.variables, loaded.which
   assert which == f'zero-shot CLIP ({tmp_path / "clip.npz"})'
   rng = np.random.default_rng(0)
   images = rng.normal(size=(5, 64, 32, 3)).astype(np.float32)
@@ -174,9 +178,9 @@ def test_zero_shot_similarity_is_open_clips_logits_per_text_up_to_scale(tmp_path
       'phrases': np.zeros((4, d.max_phrases, d.max_words), np.int32),
       'phrase_mask': np.zeros((4, d.max_phrases, d.max_words), bool),
       'person_id': np.arange(4), 'text': np.full(4, b'x', object)}])
-  ours = evaluate.similarity({k: gallery[k] for k in evaluate.GALLERY_FEATURES},
+  ours = similarity_lib.similarity({k: gallery[k] for k in evaluate.GALLERY_FEATURES},
                              {k: queries[k] for k in evaluate.QUERY_FEATURES},
-                             *evaluate.sim_ti_weights(config))
+                             *similarity_lib.sim_ti_weights(config))
   with torch.no_grad():
     image_features = reference.encode_image(torch.from_numpy(images.transpose(0, 3, 1, 2)),
                                             normalize=True)
@@ -189,12 +193,12 @@ def test_zero_shot_similarity_is_open_clips_logits_per_text_up_to_scale(tmp_path
 
 
 def test_zero_shot_eval_ranks_the_test_split_without_a_checkpoint(tiny_dataset, tmp_path):
-  from dssl_jax import train  # pylint: disable=g-import-not-at-top
+  from dssl_jax import modes  # pylint: disable=g-import-not-at-top
   from tests.helpers import tiny_train_config  # pylint: disable=g-import-not-at-top
   config = tiny_train_config(tiny_dataset[0])
   _tiny_clip(tmp_path, config)
   config.eval.zero_shot = True
-  train.run(config, str(tmp_path / 'run'), 'eval')
+  modes.run(config, str(tmp_path / 'run'), 'eval')
   with open(tmp_path / 'run' / 'results.json') as f:
     results = json.load(f)
   assert results['zero_shot'] is True and results['evaluated'].startswith('zero-shot CLIP (')
@@ -203,4 +207,4 @@ def test_zero_shot_eval_ranks_the_test_split_without_a_checkpoint(tiny_dataset, 
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
   config.model.backbone_weights = 'scratch'
   with pytest.raises(UserError, match='zero_shot ranks with pre-trained CLIP features'):
-    train.run(config, str(tmp_path / 'run'), 'eval')
+    modes.run(config, str(tmp_path / 'run'), 'eval')

@@ -8,9 +8,10 @@ import pytest
 
 from configs import base, synthetic
 from dssl_jax import losses
-from dssl_jax.models import dssl, heads
+from dssl_jax.models import dssl
 from dssl_jax.data.formats import random_batch
 from dssl_jax.errors import UserError
+from dssl_jax import similarity as similarity_lib
 from tests.helpers import init_model, tiny_model_config
 
 
@@ -240,9 +241,9 @@ def test_align4_and_align5_similarities_are_image_by_text():
   s4, s5 = np.asarray(losses.align4_similarity(f)), np.asarray(losses.align5_similarity(f))
   all_strips = np.ones(4, bool)
   for i, j in itertools.product(range(6), range(6)):
-    np.testing.assert_allclose(s4[i, j], heads.cross_attention_similarity(
+    np.testing.assert_allclose(s4[i, j], similarity_lib.cross_attention_similarity(
         f['V_L'][i:i + 1], all_strips[None], f['T_P'][j:j + 1])[0, 0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(s5[i, j], heads.cross_attention_similarity(
+    np.testing.assert_allclose(s5[i, j], similarity_lib.cross_attention_similarity(
         f['T_L'][j:j + 1], f['phrase_valid'][j:j + 1], f['V_P'][i:i + 1])[0, 0], rtol=1e-5,
         atol=1e-6)
 

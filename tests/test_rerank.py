@@ -5,6 +5,7 @@ import pytest
 
 from dssl_jax import evaluate, ranking
 from dssl_jax.rerank import nearest_texts, rerank
+from dssl_jax import metrics as metrics_lib
 from tests.helpers import reference_metrics
 
 # Two texts, four images. Image 0 ranks text 1 above text 0; image 1 ranks text 0 first.
@@ -46,8 +47,8 @@ def test_only_the_top_k1_move_and_metrics_read_the_new_order():
   # Text 0's top 3 are images 1, 2, 3; image 1 prefers text 1 -> 2, 3, 1 (then 4, 0 as before).
   assert head[0].tolist() == [2, 3, 1]
   gallery_ids = np.array([0, 0, 7, 0, 0])
-  assert evaluate.retrieval_metrics(similarity[:1], np.array([7]), gallery_ids)['R1'] == 0.0
-  reranked = evaluate.retrieval_metrics(similarity[:1], np.array([7]), gallery_ids, head[:1])
+  assert metrics_lib.retrieval_metrics(similarity[:1], np.array([7]), gallery_ids)['R1'] == 0.0
+  reranked = metrics_lib.retrieval_metrics(similarity[:1], np.array([7]), gallery_ids, head[:1])
   assert reranked['R1'] == 100
   one_text = nearest_texts(np.ones((1, 1)), 10)
   assert rerank(similarity[:1], one_text, k1=10).shape == (1, 5)  # k larger than the data
@@ -65,7 +66,7 @@ def test_matches_the_full_matrix_implementation_with_ties(seed, chunk, monkeypat
     want = reference_rerank(similarity, texts @ texts.T, k1, k_near)
     head = rerank(similarity, nearest_texts(texts, k_near), k1)
     np.testing.assert_array_equal(head, np.argsort(-want, axis=1, kind='stable')[:, :head.shape[1]])
-    got = evaluate.retrieval_metrics(similarity, query_ids, gallery_ids, head)
+    got = metrics_lib.retrieval_metrics(similarity, query_ids, gallery_ids, head)
     expected, counted = reference_metrics(want, query_ids, gallery_ids)
     assert got['queries'] == counted
     for key, value in expected.items():
@@ -77,10 +78,11 @@ def test_reranked_metrics_of_an_evaluation_result_use_the_texts_cosines():
   similarity = rng.integers(0, 6, (30, 20)) / 5.0
   t_p = rng.normal(size=(30, 8)).astype(np.float32) * rng.uniform(0.5, 3, (30, 1))  # any scale
   unit = t_p / np.linalg.norm(t_p, axis=1, keepdims=True)
-  result = {'similarity': similarity, 'queries': {'T_P': t_p, 'person_id': rng.integers(0, 8, 30)},
-            'gallery': {'person_id': rng.integers(0, 6, 20)}}
+  result = evaluate.SplitEvaluation(
+      metrics={}, similarity=similarity, queries={'T_P': t_p, 'person_id': rng.integers(0, 8, 30)},
+      gallery={'person_id': rng.integers(0, 6, 20)}, seconds={})
   got = evaluate.reranked_metrics(result, k1=5, k_near=3)
   expected, _ = reference_metrics(reference_rerank(similarity, unit @ unit.T, 5, 3),
-                                  result['queries']['person_id'], result['gallery']['person_id'])
+                                  result.queries['person_id'], result.gallery['person_id'])
   for key, value in expected.items():
     assert got[key] == pytest.approx(value, abs=1e-9), key

@@ -9,6 +9,7 @@ import pytest
 
 from dssl_jax import Retriever
 from dssl_jax.errors import UserError
+from dssl_jax import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,12 +73,12 @@ def test_a_clip_model_encodes_queries_as_its_evaluation_does(tiny_dataset, bpe_p
                            text_layers=1, text_heads=2, context=24, embed_dim=16,
                            bpe_path=bpe_path)
   config.train.stage1_epochs, config.train.stage2_epochs = 1, 0
-  train.train(config, str(tmp_path))
+  train.run_training(config, str(tmp_path))
   meta = pipeline.dataset_meta(config.data)
-  model, mesh = train.make_model(config, meta), train.make_mesh()
+  model, mesh = state_lib.make_model(config, meta), state_lib.make_mesh()
   batch = next(pipeline.queries(config, meta, 'test'))
   want = evaluate.Encoder(model, mesh).queries(
-      train.load_variables(config, str(tmp_path), model, mesh)[0], [batch])
+      state_lib.load_variables(config, str(tmp_path), model, mesh).variables, [batch])
   retriever = Retriever.from_workdir(str(tmp_path))
   texts = [t.decode() for t in batch['text'][batch['valid']]]
   got = retriever.encode_texts(texts)

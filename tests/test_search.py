@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from dssl_jax import checkpoints, evaluate, index as index_lib
+from dssl_jax import checkpoints, index as index_lib
 from dssl_jax.data import captions
 from dssl_jax.errors import UserError
 from dssl_jax.retriever import Retriever
+from dssl_jax import similarity as similarity_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +58,7 @@ def test_index_query_incremental(trained, tmp_path, capsys):
   people = entries[::3]  # one image of each of the 6 people
   texts = [e['captions'][1] for e in people]
   queries = retriever.encode_texts(texts)
-  weights = evaluate.sim_ti_weights(retriever.config)
+  weights = similarity_lib.sim_ti_weights(retriever.config)
   assert weights == (0.5, 0.5)  # the synthetic default trains both CA terms
   results = index_lib.search(index, queries, 5, *weights, candidates=None)
   shards = range(len(index.manifest['shards']))
@@ -66,7 +67,7 @@ def test_index_query_incremental(trained, tmp_path, capsys):
   assert sorted(paths) == sorted(os.path.basename(e['file_path']) for e in entries)
   gallery = {k: np.concatenate([index.features(s)[k][v] for s, v in zip(shards, valid)])
              for k in ('V_P', 'V_L')}
-  full = evaluate.similarity(gallery, queries, *weights)
+  full = similarity_lib.similarity(gallery, queries, *weights)
   for q, hits in enumerate(results):
     want = np.argsort(-full[q], kind='stable')[:5]
     assert [p for p, _ in hits] == list(paths[want])
@@ -77,7 +78,7 @@ def test_index_query_incremental(trained, tmp_path, capsys):
                          results):
     assert [p for p, _ in hits] == [p for p, _ in exact]
     np.testing.assert_allclose([s for _, s in hits], [s for _, s in exact], rtol=1e-5)
-  cosines = evaluate.similarity(gallery, queries, 0, 0)
+  cosines = similarity_lib.similarity(gallery, queries, 0, 0)
   for q, hits in enumerate(index_lib.search(index, queries, 3, *weights, candidates=4)):
     four = np.argsort(-cosines[q], kind='stable')[:4]
     want = four[np.argsort(-full[q, four], kind='stable')][:3]

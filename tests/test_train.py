@@ -7,28 +7,25 @@ import signal
 import subprocess
 import sys
 
-import flax
 import jax
 import numpy as np
 import pytest
 
 from configs import base
-from dssl_jax import checkpoints, train
+from dssl_jax import checkpoints, evaluate, train
+from dssl_jax import state as state_lib
 from dssl_jax.data import builders, pipeline
 from dssl_jax.errors import UserError
 from tests import processes as processes_lib
-from tests.helpers import reference, tiny_train_config
+from tests.helpers import leaves, reference, tiny_train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _leaves(tree):
-  return flax.traverse_util.flatten_dict(flax.core.unfreeze(jax.device_get(tree)), sep='/')
-
-
 def _model_mesh_input(config):
   meta = pipeline.dataset_meta(config.data)
-  return train.make_model(config, meta), train.make_mesh(), pipeline.TrainInput(config, meta)
+  model, mesh = state_lib.make_model(config, meta), state_lib.make_mesh()
+  return model, mesh, pipeline.TrainInput(config, meta)
 
 
 def _saved_steps(folder) -> list[int]:
@@ -47,70 +44,28 @@ def _epochs_that(monkeypatch, config, change):
   return steps_per_epoch
 
 
-def test_stage2_learning_rate_is_divided_by_10_every_10_epochs():
-  schedule = train.stage2_schedule(base.get_config(), steps_per_epoch=100)
-  rates = [float(schedule(step)) for step in (0, 999, 1000, 1999, 2000, 2999)]
-  np.testing.assert_allclose(rates, [2e-4, 2e-4, 2e-5, 2e-5, 2e-6, 2e-6], rtol=1e-6)
-
-
-def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
-  config = base.get_config()
-  t = config.train
-  t.stage2_schedule, t.warmup_epochs, t.warmup_factor, t.stage2_epochs = 'cosine', 5, 0.1, 60
-  schedule = train.stage2_schedule(config, steps_per_epoch=10)
-  rates = [float(schedule(step)) for step in (0, 25, 50, 325, 600)]
-  np.testing.assert_allclose(rates, [2e-5, 1.1e-4, 2e-4, 1e-4, 0.0], rtol=1e-5, atol=1e-12)
-  t.stage2_schedule = 'linear'
-  with pytest.raises(UserError, match="config.train.stage2_schedule must be 'step' or 'cosine'"):
-    train.stage2_schedule(config, 10)
-
-
-def test_stage2_groups_take_their_rates_and_weight_decay():
-  """Adam's first step moves each parameter by its rate x sign(gradient + L2 term): encoders at
-  encoder_lr_factor, biases at bias_lr_factor and without decay (IRRA's recipe)."""
-  config = base.get_config()
-  config.model.backbone = 'clip'
-  t = config.train
-  t.stage2_lr, t.encoder_lr_factor, t.bias_lr_factor, t.weight_decay = 1e-3, 0.2, 2.0, 0.5
-  params = {'backbone': {'kernel': np.full(3, 2.0), 'bias': np.full(3, 2.0)},
-            'text': {'kernel': np.full(3, 2.0)}, 'image_global': {'kernel': np.full(3, 2.0),
-                                                                   'bias': np.full(3, 2.0)}}
-  grads = jax.tree.map(lambda p: np.full_like(p, -0.5), params)  # wd x 2.0 = 1.0 turns the sign
-  tx = train.make_optimizer(config, 2, steps_per_epoch=10)
-  updates, _ = tx.update(grads, tx.init(params), params)
-  steps = {k: float(v[0]) for k, v in _leaves(updates).items()}
-  np.testing.assert_allclose(
-      [steps[k] for k in ('backbone/kernel', 'backbone/bias', 'text/kernel', 'image_global/kernel',
-                          'image_global/bias')],
-      [-2e-4, 4e-4, -2e-4, -1e-3, 2e-3], rtol=1e-4)
-  config.model.backbone = 'resnet'  # the bi-GRU ('text') is trained from scratch: a head's rate
-  tx = train.make_optimizer(config, 2, steps_per_epoch=10)
-  updates, _ = tx.update(grads, tx.init(params), params)
-  assert float(_leaves(updates)['text/kernel'][0]) == pytest.approx(-1e-3, rel=1e-4)
-
-
 def test_stage1_freezes_the_backbone_and_stage2_trains_it(tiny_dataset):
   config = tiny_train_config(tiny_dataset[0])  # 2 stage-2 epochs, the rate decayed after 1
   model, mesh, train_input = _model_mesh_input(config)
   steps_per_epoch = train_input.steps_per_epoch
-  state = train.create_train_state(config, model, mesh)
-  before = _leaves({'params': state.params, 'batch_stats': state.batch_stats})
+  state = state_lib.create_train_state(config, model, mesh)
+  before = leaves({'params': state.params, 'batch_stats': state.batch_stats})
   batch = train.global_batch(next(train_input.epoch(0)), mesh)
   after1, metrics = train.make_train_step(config, model, 1, steps_per_epoch, mesh)(state, batch)
   assert float(metrics['lr']) == pytest.approx(config.train.stage1_lr)
-  after1 = _leaves({'params': after1.params, 'batch_stats': after1.batch_stats})
+  after1 = leaves({'params': after1.params, 'batch_stats': after1.batch_stats})
   for key, value in before.items():
     if '/backbone/' in key:
       np.testing.assert_array_equal(after1[key], value, err_msg=key)
   assert not np.array_equal(after1['params/image_global/Dense_0/kernel'],
                             before['params/image_global/Dense_0/kernel'])
-  state = train.start_stage(train.create_train_state(config, model, mesh), config, 2, mesh)
+  state = state_lib.start_stage(state_lib.create_train_state(config, model, mesh), config, 2, mesh)
   # the second epoch of stage 2, after one decay: the step reports the rate it used
   state = state.replace(step=state.step + (config.train.stage1_epochs + 1) * steps_per_epoch)
   after2, metrics = train.make_train_step(config, model, 2, steps_per_epoch, mesh)(state, batch)
   t = config.train
   assert float(metrics['lr']) == pytest.approx(t.stage2_lr * t.lr_decay_factor) != t.stage2_lr
-  after2 = _leaves({'params': after2.params, 'batch_stats': after2.batch_stats})
+  after2 = leaves({'params': after2.params, 'batch_stats': after2.batch_stats})
   assert not np.array_equal(after2['params/backbone/conv1/kernel'],
                             before['params/backbone/conv1/kernel'])
   assert not np.array_equal(after2['batch_stats/backbone/bn1/mean'],
@@ -121,9 +76,9 @@ def test_stage1_step_has_no_backbone_backward_pass(tiny_dataset):
   """The frozen backbone costs a forward pass only: stage 1 has far fewer FLOPs than stage 2."""
   config = tiny_train_config(tiny_dataset[0])
   model, mesh, train_input = _model_mesh_input(config)
-  state = train.create_train_state(config, model, mesh)
+  state = state_lib.create_train_state(config, model, mesh)
   batch = train.global_batch(next(train_input.epoch(0)), mesh)
-  states = {1: state, 2: train.start_stage(state, config, 2, mesh)}
+  states = {1: state, 2: state_lib.start_stage(state, config, 2, mesh)}
   flops = {stage: train.make_train_step(config, model, stage, train_input.steps_per_epoch, mesh)
            .lower(states[stage], batch).compile().cost_analysis()['flops'] for stage in (1, 2)}
   assert flops[1] < 0.6 * flops[2], flops
@@ -132,7 +87,7 @@ def test_stage1_step_has_no_backbone_backward_pass(tiny_dataset):
 @pytest.mark.slow
 def test_sigterm_then_rerun_resumes_exactly(tiny_dataset, tmp_path, monkeypatch):
   config = tiny_train_config(tiny_dataset[0])
-  reference = train.train(config, str(tmp_path / 'straight'))
+  reference = train.run_training(config, str(tmp_path / 'straight'))
 
   def sigterm_before_step_23(i, batch):  # mid stage 2, between checkpoints
     if i == 22:
@@ -140,12 +95,12 @@ def test_sigterm_then_rerun_resumes_exactly(tiny_dataset, tmp_path, monkeypatch)
     return batch
   steps_per_epoch = _epochs_that(monkeypatch, config, sigterm_before_step_23)
   with pytest.raises(SystemExit, match='stopped by SIGTERM at step 23'):
-    train.train(config, str(tmp_path / 'resumed'))
+    train.run_training(config, str(tmp_path / 'resumed'))
   assert _saved_steps(tmp_path / 'resumed' / 'checkpoints')[-1] == 23
   monkeypatch.undo()
-  resumed = train.train(config, str(tmp_path / 'resumed'))
+  resumed = train.run_training(config, str(tmp_path / 'resumed'))
   assert int(resumed.step) == int(reference.step) == 3 * steps_per_epoch
-  want, got = _leaves(reference.params), _leaves(resumed.params)
+  want, got = leaves(reference.params), leaves(resumed.params)
   for key in want:
     np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
@@ -156,7 +111,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, 
   _epochs_that(monkeypatch, config, lambda i, batch: batch | {
       'image': np.full_like(batch['image'], np.nan)} if i >= 12 else batch)
   with pytest.raises(UserError, match=r'non-finite loss at step (14|15|20).*step 10\) is kept'):
-    train.train(config, str(tmp_path))
+    train.run_training(config, str(tmp_path))
   assert _saved_steps(tmp_path / 'checkpoints')[-1] == 10
 
 
@@ -174,7 +129,7 @@ def stage1_run(tiny_dataset, tmp_path_factory):
   config = tiny_train_config(tiny_dataset[0])
   config.train.stage1_epochs, config.train.stage2_epochs, config.train.checkpoint_every_steps = 1, 0, 4
   workdir = tmp_path_factory.mktemp('stage1')
-  train.train(config, str(workdir))
+  train.run_training(config, str(workdir))
   return config, workdir
 
 
@@ -192,11 +147,11 @@ def test_unreadable_checkpoints_are_moved_aside_and_the_newest_good_one_is_used(
   assert len(steps) == 3 and best == steps[-1]
   _truncate(os.path.join(workdir, 'checkpoints', str(steps[-1])))
   capsys.readouterr()
-  train.train(config, workdir)  # the rerun: one warning line, then resume
+  train.run_training(config, workdir)  # the rerun: one warning line, then resume
   assert f'resuming from step {steps[-2]} (stage 1)' in capsys.readouterr().out
   _truncate(os.path.join(workdir, 'best', str(best)))
   model, mesh, _ = _model_mesh_input(config)
-  assert train.load_variables(config, workdir, model, mesh)[1] == (
+  assert state_lib.load_variables(config, workdir, model, mesh).which == (
       f'the last checkpoint (step {steps[-1]})')
   noise = ('custom data configuration', 'Waiting for previous save')  # TFDS; orbax under load
   warnings = [r.getMessage() for r in caplog.records if r.levelname in ('WARNING', 'ERROR')
@@ -210,7 +165,7 @@ def test_unreadable_checkpoints_are_moved_aside_and_the_newest_good_one_is_used(
   for step in os.listdir(os.path.join(workdir, 'checkpoints')):
     _truncate(os.path.join(workdir, 'checkpoints', step))
   with pytest.raises(UserError, match='no readable checkpoint in .*train first'):
-    train.evaluate_workdir(config, workdir)
+    evaluate.evaluate_workdir(config, workdir)
 
 
 _STEPS = """
@@ -218,15 +173,16 @@ import itertools, json, os, sys
 import jax, numpy as np
 sys.path.insert(0, {root!r})
 from dssl_jax import train
+from dssl_jax import state as state_lib
 from dssl_jax.data import pipeline
 from tests.helpers import tiny_config, tiny_train_config
 if 'SLURM_JOB_ID' in os.environ:  # one of N processes (tests/processes.py)
   jax.distributed.initialize()
 config = tiny_train_config(tiny_config({data_dir!r}))
 meta = pipeline.dataset_meta(config.data)
-model, mesh = train.make_model(config, meta), train.make_mesh()
+model, mesh = state_lib.make_model(config, meta), state_lib.make_mesh()
 train_input = pipeline.TrainInput(config, meta)
-state = train.start_stage(train.create_train_state(config, model, mesh), config, 2, mesh)
+state = state_lib.start_stage(state_lib.create_train_state(config, model, mesh), config, 2, mesh)
 step = train.make_train_step(config, model, 2, train_input.steps_per_epoch, mesh)
 rows = config.train.batch_size // jax.process_count()  # each process feeds its rows of ...
 mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
@@ -301,37 +257,38 @@ _EVAL = """
 import json, sys
 sys.path.insert(0, {root!r})
 from configs import base
-from dssl_jax import train
+from dssl_jax import evaluate
 from tests.helpers import tiny_config, tiny_train_config
 config = tiny_train_config(tiny_config({data_dir!r}))
-print(json.dumps(train.evaluate_workdir(config, {workdir!r})))
+print(json.dumps(evaluate.evaluate_workdir(config, {workdir!r})))
 """
 
 
 def test_eval_checkpoint_picks_a_kept_step_into_its_own_results_file(stage1_run, tmp_path):
   config = _copy_of(stage1_run, tmp_path)
   model, mesh, _ = _model_mesh_input(config)
-  abstract = functools.partial(train.abstract_train_state, config, model, mesh)
+  abstract = functools.partial(state_lib.abstract_train_state, config, model, mesh)
   with checkpoints.managers(str(tmp_path), config) as (kept, _):
     steps = sorted(kept.all_steps())
-    saved = {step: _leaves(checkpoints.read_state(kept, step, abstract)[0].params)
+    saved = {step: leaves(checkpoints.read_state(kept, step, abstract)[0].params)
              for step in (steps[0], steps[-1])}
   assert any(not np.array_equal(saved[steps[0]][k], saved[steps[-1]][k]) for k in saved[steps[0]])
   for choice, which, step in (('last', f'the last checkpoint (step {steps[-1]})', steps[-1]),
                               (str(steps[0]), f'checkpoint {steps[0]}', steps[0])):
     config.eval.checkpoint = choice
-    variables, got = train.load_variables(config, str(tmp_path), model, mesh)
+    loaded = state_lib.load_variables(config, str(tmp_path), model, mesh)
+    variables, got = loaded.variables, loaded.which
     assert got == which
-    for key, value in _leaves(variables['params']).items():
+    for key, value in leaves(variables['params']).items():
       np.testing.assert_array_equal(value, saved[step][key])
-  train.evaluate_workdir(config, str(tmp_path))
+  evaluate.evaluate_workdir(config, str(tmp_path))
   with open(tmp_path / f'results_test_{steps[0]}.json') as f:
     assert json.load(f)['evaluated'] == f'checkpoint {steps[0]}'
   assert os.path.isfile(tmp_path / f'retrieval_test_{steps[0]}.png')
   assert not os.path.exists(tmp_path / 'results.json')  # the best checkpoint's file is its own
   config.eval.checkpoint = '7'
   with pytest.raises(UserError, match=f"checkpoint='7': best, last or a step kept in .*{steps[0]}"):
-    train.evaluate_workdir(config, str(tmp_path))
+    evaluate.evaluate_workdir(config, str(tmp_path))
 
 
 @pytest.mark.slow
@@ -377,15 +334,15 @@ def test_eval_without_checkpoint_or_with_another_model_is_one_clear_error(tiny_d
                                                                           tmp_path):
   config = tiny_train_config(tiny_dataset[0])
   with pytest.raises(UserError, match='no readable checkpoint in .*train first'):
-    train.evaluate_workdir(config, str(tmp_path))
+    evaluate.evaluate_workdir(config, str(tmp_path))
   config.train.stage1_epochs, config.train.stage2_epochs = 1, 0
   model, mesh, _ = _model_mesh_input(config)
   with checkpoints.managers(str(tmp_path), config) as (saved, _):
-    checkpoints.save_state(saved, train.create_train_state(config, model, mesh), stage=1)
+    checkpoints.save_state(saved, state_lib.create_train_state(config, model, mesh), stage=1)
   other = config.copy_and_resolve_references()
   other.model.embed_dim = 64
   with pytest.raises(UserError, match='does not fit the configured model'):
-    train.evaluate_workdir(other, str(tmp_path))
+    evaluate.evaluate_workdir(other, str(tmp_path))
 
 
 def test_mixed_precision_trains_like_float32(tiny_dataset):
@@ -395,7 +352,8 @@ def test_mixed_precision_trains_like_float32(tiny_dataset):
     config = tiny_train_config(tiny_dataset[0])
     config.model.dtype = dtype
     model, mesh, train_input = _model_mesh_input(config)
-    state = train.start_stage(train.create_train_state(config, model, mesh), config, 2, mesh)
+    state = state_lib.start_stage(state_lib.create_train_state(config, model, mesh), config, 2,
+                                  mesh)
     step = train.make_train_step(config, model, 2, train_input.steps_per_epoch, mesh)
     batch = train.global_batch(next(train_input.epoch(0)), mesh)
     curves[dtype] = []

@@ -1,11 +1,10 @@
-"""What the input pipeline gives the model, without TensorFlow: a built dataset's meta, and
-random batches of the train format (benchmarks and tests build a model and its step from these
-alone, where TensorFlow is not installed)."""
+"""What the input pipeline gives the model, without TensorFlow: a built dataset's meta, the phrase
+layout, and random batches of the train format (benchmarks and tests build a model and its step
+from these alone, where TensorFlow is not installed)."""
 import dataclasses
 
+import ml_collections
 import numpy as np
-
-from dssl_jax.models import dssl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,22 +21,36 @@ class DatasetMeta:
     return len(self.vocabulary)
 
 
+def phrase_spans(config: ml_collections.ConfigDict) -> bool:
+  """Whether phrases are spans of the sentence's tokens (CLIP, config.model.clip.phrases =
+  'span'), read in context, rather than token rows encoded on their own."""
+  return config.model.backbone == 'clip' and config.model.clip.phrases == 'span'
+
+
+def phrase_length(config: ml_collections.ConfigDict) -> int:
+  """The phrases input's last axis: words (or tokens) per phrase, except that phrase spans
+  index the sentence's tokens."""
+  if phrase_spans(config):
+    return config.data.max_words
+  return config.data.max_phrase_words
+
+
 def random_batch(config, vocab_size: int, num_classes: int, batch_size: int, seed: int = 0):
   """A train batch of random pairs in the pipeline's format; ids repeat so some pairs share a
   person; every caption has 1..n phrases, the rest padding."""
   rng = np.random.default_rng(seed)
-  d = config.data
+  data_config = config.data
   labels = rng.integers(0, num_classes, batch_size)
   labels[1] = labels[0]
-  lengths = rng.integers(3, d.max_words + 1, batch_size)
-  token_mask = np.arange(d.max_words) < lengths[:, None]
-  n_phrases = rng.integers(1, d.max_phrases + 1, batch_size)
-  length = dssl.phrase_length(config)
-  phrase_lengths = rng.integers(1, length + 1, (batch_size, d.max_phrases))
+  lengths = rng.integers(3, data_config.max_words + 1, batch_size)
+  token_mask = np.arange(data_config.max_words) < lengths[:, None]
+  n_phrases = rng.integers(1, data_config.max_phrases + 1, batch_size)
+  length = phrase_length(config)
+  phrase_lengths = rng.integers(1, length + 1, (batch_size, data_config.max_phrases))
   phrase_mask = ((np.arange(length) < phrase_lengths[..., None])
-                 & (np.arange(d.max_phrases) < n_phrases[:, None])[..., None])
+                 & (np.arange(data_config.max_phrases) < n_phrases[:, None])[..., None])
   return {
-      'image': rng.normal(size=(batch_size, *d.image_size, 3)).astype(np.float32),
+      'image': rng.normal(size=(batch_size, *data_config.image_size, 3)).astype(np.float32),
       'label': labels.astype(np.int32), 'person_id': (labels + 100).astype(np.int32),
       'tokens': np.where(token_mask, rng.integers(1, vocab_size, token_mask.shape), 0
                          ).astype(np.int32), 'token_mask': token_mask,

@@ -15,9 +15,9 @@ import tensorflow_datasets as tfds
 from dssl_jax.data import builders
 from dssl_jax.data import clip_tokenizer
 from dssl_jax.data.builders.person_text import PHRASE_SEPARATOR
+from dssl_jax.data import formats
 from dssl_jax.data.formats import DatasetMeta
 from dssl_jax.errors import UserError
-from dssl_jax.models import dssl
 
 try:  # tf.data only: leave every accelerator to JAX
   tf.config.set_visible_devices([], 'GPU')
@@ -94,7 +94,7 @@ class ClipTextEncoder:
       if d[field] > k.context:
         raise UserError(f'config.data.{field} {d[field]} exceeds CLIP\'s context '
                         f'(config.model.clip.context {k.context})')
-    self.shapes = ([d.max_words], [d.max_phrases, dssl.phrase_length(config)])
+    self.shapes = ([d.max_words], [d.max_phrases, formats.phrase_length(config)])
     self.arguments = (d.max_words, d.max_phrases, d.max_phrase_words, k.phrases)
 
   def encode(self, text: str, phrases: list[str]) -> dict:
@@ -226,23 +226,23 @@ class TrainInput:
                       f'config.train.batch_size {config.train.batch_size}')
     self.encoder = _text_encoder(config, meta)
     self.augment = augmentations(config.data)
-    d = config.data
+    data_config = config.data
     ds = _load(config, 'train', process_index, process_count, shuffle=True)
     ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label'],
                             'person_id': ex['person_id'], 'captions': ex['captions']})
-    if d.cache_decoded:
+    if data_config.cache_decoded:
       self._images = ds.map(lambda ex: ex | {'image': decode_and_resize(ex['image'],
-                                                                        d.image_size)},
+                                                                        data_config.image_size)},
                             num_parallel_calls=tf.data.AUTOTUNE).cache()
     else:
       self._images = ds
 
   def epoch(self, epoch: int) -> Iterator[dict]:
-    d = self.config.data
+    data_config = self.config.data
     seed = self.config.seed * 100_003 + epoch
-    ds = self._images.shuffle(d.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-    if not d.cache_decoded:
-      ds = ds.map(lambda ex: ex | {'image': decode_and_resize(ex['image'], d.image_size)},
+    ds = self._images.shuffle(data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+    if not data_config.cache_decoded:
+      ds = ds.map(lambda ex: ex | {'image': decode_and_resize(ex['image'], data_config.image_size)},
                   num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.flat_map(lambda ex: tf.data.Dataset.from_tensor_slices(ex['captions']).map(
         lambda caption: {'image': ex['image'], 'label': ex['label'],
@@ -257,9 +257,9 @@ class TrainInput:
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     ds = tf.data.Dataset.zip(ds, seeds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(self.local_batch, drop_remainder=True).take(self.steps_per_epoch)
-    if d.input_threads:  # a pool of its own, each op on one thread: the pipeline's cores
+    if data_config.input_threads:  # a pool of its own, each op on one thread: the pipeline's cores
       options = tf.data.Options()
-      options.threading.private_threadpool_size = d.input_threads
+      options.threading.private_threadpool_size = data_config.input_threads
       options.threading.max_intra_op_parallelism = 1
       ds = ds.with_options(options)
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

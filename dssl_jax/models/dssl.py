@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from dssl_jax.data import formats
 from dssl_jax.errors import UserError
 from dssl_jax.models import clip
 from dssl_jax.models import heads
@@ -68,21 +69,23 @@ class DSSL(nn.Module):
   num_classes: int
 
   def setup(self):
-    c = self.config
-    p, groups = c.embed_dim, c.gn_groups
-    self.switches = Switches.from_config(c)
-    dtype = compute_dtype(c)
-    if c.backbone == 'clip':
-      k = c.clip
-      if k.phrases not in ('span', 'separate'):
+    model_config = self.config
+    p, groups = model_config.embed_dim, model_config.gn_groups
+    self.switches = Switches.from_config(model_config)
+    dtype = compute_dtype(model_config)
+    if model_config.backbone == 'clip':
+      clip_config = model_config.clip
+      if clip_config.phrases not in ('span', 'separate'):
         raise UserError(f"config.model.clip.phrases must be 'span' or 'separate', got "
-                        f"{k.phrases!r}")
-      self.backbone, self.text = clip.encoders(k, dtype)
-    elif c.backbone == 'resnet':
-      self.backbone = ResNet(c.depth, c.width, dtype, c.zero_init_residual)
-      self.text = TextEncoder(self.vocab_size, c.word_dim, p // 2, dtype)
+                        f"{clip_config.phrases!r}")
+      self.backbone, self.text = clip.encoders(clip_config, dtype)
+    elif model_config.backbone == 'resnet':
+      self.backbone = ResNet(model_config.depth, model_config.width, dtype,
+                             model_config.zero_init_residual)
+      self.text = TextEncoder(self.vocab_size, model_config.word_dim, p // 2, dtype)
     else:
-      raise UserError(f"config.model.backbone must be 'resnet' or 'clip', got {c.backbone!r}")
+      raise UserError("config.model.backbone must be 'resnet' or 'clip', got "
+                      f'{model_config.backbone!r}')
     self.image_global = heads.GlobalHead(p, groups)
     self.image_local = heads.LocalHead(p, groups)
     self.text_global = heads.GlobalHead(p, groups)
@@ -90,13 +93,13 @@ class DSSL(nn.Module):
     if self.switches.separation:
       self.spsm = heads.SPSM(p)
     if self.switches.spfm:
-      self.spfm = heads.SPFM(p, c.spfm_fusion)
+      self.spfm = heads.SPFM(p, model_config.spfm_fusion)
     if self.switches.pdm:
       self.pdm = heads.MLP(p)
     if self.switches.sam:
       self.sam = heads.SAM(p, groups)
     if self.switches.sdm:
-      self.sdm = heads.SDM(p, c.sdm_zero_ratio, c.sdm_hidden or p // 2)
+      self.sdm = heads.SDM(p, model_config.sdm_zero_ratio, model_config.sdm_hidden or p // 2)
     self.id_classifier = heads.IdClassifier(self.num_classes, groups)
 
   def encode_image(self, images: jax.Array, train: bool = False,
@@ -204,25 +207,11 @@ def id_features(switches: Switches, stage: int = 2) -> tuple[str, ...]:
   return ('V_G', 'T_G') + extra
 
 
-def phrase_spans(config: ml_collections.ConfigDict) -> bool:
-  """Whether phrases are spans of the sentence's tokens (CLIP, config.model.clip.phrases =
-  'span'), read in context, rather than token rows encoded on their own."""
-  return config.model.backbone == 'clip' and config.model.clip.phrases == 'span'
-
-
-def phrase_length(config: ml_collections.ConfigDict) -> int:
-  """The phrases input's last axis: words (or tokens) per phrase, except that phrase spans
-  index the sentence's tokens."""
-  if phrase_spans(config):
-    return config.data.max_words
-  return config.data.max_phrase_words
-
-
 def init_variables(model: DSSL, rng: jax.Array, config: ml_collections.ConfigDict) -> dict:
-  """Variables for a batch of 1 of the config's input shapes (jit: eager init is ~10x slower);
+  """Variables for a batch of 1 of the config's input shapes (jit: eager init is much slower);
   'batch_stats' is always there."""
   d = config.data
-  phrase_shape = (1, d.max_phrases, phrase_length(config))
+  phrase_shape = (1, d.max_phrases, formats.phrase_length(config))
   batch = {'image': jnp.zeros((1, *d.image_size, 3)),
            'tokens': jnp.ones((1, d.max_words), jnp.int32),
            'token_mask': jnp.ones((1, d.max_words), bool),

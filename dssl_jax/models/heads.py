@@ -1,5 +1,5 @@
-"""The paper's heads (section 3): feature branches, SDM, SPSM, SPFM, PDM, SAM, the ID classifier,
-and the cross-modal attention CA as a pairwise similarity.
+"""The paper's heads (section 3): feature branches, SDM, SPSM, SPFM, PDM, SAM and the ID
+classifier. The cross-modal attention CA, a similarity, is dssl_jax/similarity.py's.
 
 Readings of what the paper leaves open (docs/design.md): the k strips share one GN-FC-ReLU-FC
 head, as the phrases do; one SDM serves T_G and the phrases; the MLPs are p -> 2p -> p; SDM's
@@ -150,47 +150,3 @@ class IdClassifier(nn.Module):
   @nn.compact
   def __call__(self, x):
     return nn.Dense(self.num_classes, use_bias=False, name='W_id')(GroupNorm(self.groups)(x))
-
-
-def safe_norm(x: jax.Array, eps: float = 1e-8, keepdims: bool = False) -> jax.Array:
-  """||x|| over the last axis, at least eps, with a finite gradient at x = 0 (padded phrases are
-  exact zero vectors at init; jnp.linalg.norm's gradient there is NaN)."""
-  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=keepdims), eps * eps))
-
-
-def l2_normalize(x: jax.Array) -> jax.Array:
-  return x / safe_norm(x, keepdims=True)
-
-
-def attention_weights(cosines: jax.Array, mask: jax.Array) -> jax.Array:
-  """eq. 12/15: softmax of the cosines over valid parts, then only weights above 1/(valid count)."""
-  alpha = jax.nn.softmax(jnp.where(mask, cosines, -1e9), axis=-1)  # masked parts get 0
-  count = jnp.maximum(mask.sum(-1, keepdims=True), 1)
-  return jnp.where(mask & (alpha > 1.0 / count), alpha, 0.0)
-
-
-def part_gram(parts: jax.Array) -> jax.Array:
-  """G[a] = X_a X_a^T [m, m]: all CA needs of the parts' geometry; a gallery's is computed once."""
-  return jnp.einsum('amp,anp->amn', parts, parts)
-
-
-def cross_attention_similarity(parts: jax.Array, mask: jax.Array, queries: jax.Array,
-                               gram: jax.Array | None = None) -> jax.Array:
-  """S[a, b] = cos(CA(q_b, X_a), q_b) for every owner a of parts X_a [m, p] and every query q_b.
-
-  CA(q, X) = sum of alpha_i X_i over the selected parts. Its norm comes from the Gram matrix of X_a
-  (`part_gram`, pass it when X is reused), so no [A, B, p] tensor is built: this is what makes a
-  full test similarity affordable. parts [A, m, p], mask [A, m] (padded phrases False),
-  queries [B, p] -> [A, B].
-  """
-  count, parts_per_owner, features = parts.shape
-  lengths = safe_norm(parts)  # [A, m]
-  unit = parts / lengths[..., None]
-  # One 2-D matmul: XLA:CPU runs the equivalent 3-D einsum up to 16x slower.
-  cosines = (unit.reshape(-1, features) @ l2_normalize(queries).T).reshape(
-      count, parts_per_owner, -1).transpose(0, 2, 1)  # [A, B, m]
-  weights = attention_weights(cosines, mask[:, None, :])  # [A, B, m]
-  projection = jnp.einsum('abm,abm,am->ab', weights, cosines, lengths)  # CA . q / |q|
-  gram = part_gram(parts) if gram is None else gram
-  squared_norm = jnp.einsum('abm,amn,abn->ab', weights, gram, weights)
-  return projection / jnp.sqrt(jnp.maximum(squared_norm, 1e-16))

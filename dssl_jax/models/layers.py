@@ -2,7 +2,7 @@
 
 Each matches torch.nn's layer (tests/models/test_layers.py) and keeps flax's parameter names, so
 torchvision weights convert unchanged. Why not nn.Conv / nn.BatchNorm / nn.max_pool: on the CPU
-their backward passes cost a ResNet-50 train step about 1.5x (figures in docs/benchmarks.md):
+their backward passes slow a ResNet-50 train step (figures in docs/benchmarks.md):
 - a 1x1 convolution's kernel gradient went through a transposed copy of its input, into which XLA
   fused (and recomputed) the preceding BN/add/ReLU chain; as a matmul over NHWC rows (`pointwise`)
   the gradient x^T g reads the input where it is;

@@ -167,7 +167,7 @@ def test_a_dataset_written_from_the_readme_schema_alone_trains_and_tests(tmp_pat
   """README, "Your own dataset": 3 people in reid_raw.json + imgs/, through configs/cuhk.py with
   a data_dir of its own. No val entries: the last checkpoint is tested."""
   from configs import cuhk  # pylint: disable=g-import-not-at-top
-  from dssl_jax import train  # pylint: disable=g-import-not-at-top
+  from dssl_jax import modes  # pylint: disable=g-import-not-at-top
   from tests.helpers import tiny_train_config  # pylint: disable=g-import-not-at-top
   raw, rng = tmp_path / 'mine', np.random.default_rng(0)
   entries = [
@@ -196,7 +196,7 @@ def test_a_dataset_written_from_the_readme_schema_alone_trains_and_tests(tmp_pat
   config = tiny_train_config(config)
   config.train.batch_size, config.eval.batch_size, config.eval.image_to_text = 8, 16, False
   workdir = str(tmp_path / 'run')
-  train.run(config, workdir, 'train')
+  modes.run(config, workdir, 'train')
   meta = pipeline.dataset_meta(config.data)
   assert meta.num_train_identities == 2
   assert meta.kept == {'train': {'images': 4, 'captions': 8, 'identities': 2},

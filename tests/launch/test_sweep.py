@@ -8,6 +8,7 @@ import jax
 import pytest
 
 from dssl_jax import losses
+from dssl_jax import similarity as similarity_lib
 from dssl_jax.data.formats import random_batch
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
@@ -43,14 +44,13 @@ def test_every_row_applies_and_rows_differ_on_the_same_batch(table):
 
 
 def test_table1_rows_have_only_the_modules_and_sim_ti_terms_their_aligns_train():
-  from dssl_jax import evaluate  # pylint: disable=g-import-not-at-top
   config = tiny_model_config()
   weights = {}
   for name, overrides in SWEEPS['table1']:
     variant = sweep_lib.variant_config(config, overrides)
     if name != 'baseline':
       assert variant.model.spfm == variant.loss.align2 and variant.model.pdm == variant.loss.align3
-    weights[name] = evaluate.sim_ti_weights(variant)
+    weights[name] = similarity_lib.sim_ti_weights(variant)
   assert weights['baseline'] == weights['I'] == weights['I+II+III'] == (0.0, 0.0)
   assert weights['IV'] == (0.5, 0.0) and weights['V'] == (0.0, 0.5)
   assert weights['I+IV+V'] == weights['I+II+III+IV+V'] == (0.5, 0.5)

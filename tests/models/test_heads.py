@@ -22,35 +22,6 @@ def test_strip_pool_matches_torch_adaptive_pool(height):
                              atol=1e-6)
 
 
-def test_attention_keeps_only_weights_above_average():
-  cosines = jnp.array([0.9, 0.1, 0.5, -0.2, 0.7])
-  mask = jnp.array([True, True, True, True, False])  # the fifth part is padding
-  alpha = np.exp([0.9, 0.1, 0.5, -0.2]) / np.exp([0.9, 0.1, 0.5, -0.2]).sum()
-  # alpha = [0.390, 0.175, 0.261, 0.130]; average 1/4: parts 0 and 2 are selected.
-  np.testing.assert_allclose(heads.attention_weights(cosines, mask),
-                             [alpha[0], 0, alpha[2], 0, 0], rtol=1e-6)
-  assert not heads.attention_weights(cosines, jnp.zeros(5, bool)).any()
-
-
-def test_cross_attention_similarity_matches_explicit_ca_vectors():
-  rng = np.random.default_rng(0)
-  parts = rng.normal(size=(3, 5, 8)).astype(np.float32)
-  mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]], bool)
-  queries = rng.normal(size=(4, 8)).astype(np.float32)
-  got = np.asarray(heads.cross_attention_similarity(parts, mask, queries))
-  for a in range(3):
-    for b in range(4):
-      x, m, q = parts[a][mask[a]], mask[a].sum(), queries[b]
-      if m == 0:
-        assert got[a, b] == 0
-        continue
-      cos = x @ q / np.linalg.norm(x, axis=1) / np.linalg.norm(q)
-      alpha = np.exp(cos) / np.exp(cos).sum()
-      ca = (alpha[alpha > 1 / m, None] * x[alpha > 1 / m]).sum(0)  # eq. 12
-      np.testing.assert_allclose(got[a, b], ca @ q / np.linalg.norm(ca) / np.linalg.norm(q),
-                                 rtol=1e-5)
-
-
 @pytest.mark.parametrize('ratio', [0.0, 0.25, 0.5, 0.9])
 def test_zeroing_sets_exactly_round_r_p_entries(ratio):
   x = jnp.asarray(np.random.default_rng(0).uniform(1, 2, (7, 1024)), jnp.float32)

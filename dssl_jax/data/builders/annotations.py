@@ -12,10 +12,10 @@ import os
 from typing import Callable
 
 from absl import logging
-from PIL import Image
 import tqdm
 
 from dssl_jax.data import captions as captions_lib
+from dssl_jax.data.images import check_image
 from dssl_jax.errors import UserError
 
 
@@ -95,18 +95,6 @@ def load_annotations(name: str, manual_dir: str) -> list:
   if not isinstance(entries, list):
     raise UserError(f'{path}: expected a JSON list of entries, got {type(entries).__name__}')
   return entries
-
-
-def check_image(path: str) -> str | None:
-  """None if the file decodes as an image, else why not."""
-  if not os.path.isfile(path):
-    return 'missing image'
-  try:
-    with Image.open(path) as image:
-      image.load()
-  except Exception as e:  # PIL raises many types for corrupt data
-    return f'corrupt image: {type(e).__name__}'
-  return None
 
 
 def read_records(name: str, manual_dir: str, phrase_extractor: Callable[[str], list],
