@@ -22,6 +22,16 @@ from dssl_jax.data import formats
 from dssl_jax.errors import UserError
 
 META_FILE = 'vocabulary.json'  # the dataset meta a workdir needs for inference without data
+# What a workdir's run is: a changed field here (or under it) would leave the checkpoints or the
+# resume position wrong, so a rerun into the same workdir with it is refused. The pre-trained
+# weights only start a run (an evaluation names none): they are not part of it.
+RUN_FIELDS = ('seed', 'model', 'data.name', 'data.synthetic', 'data.min_word_count',
+              'data.image_size', 'data.max_words', 'data.max_phrases', 'data.max_phrase_words',
+              'train.batch_size', 'train.stage1_epochs')
+NOT_RUN_FIELDS = ('model.backbone_weights',)
+# Allowed, with a line: moved files, and a stage 2 made longer or shorter (the steps done keep
+# their place: the schedule counts steps from stage 2's start).
+NOTED_FIELDS = ('data.manual_dir', 'data.data_dir', 'model.clip.bpe_path', 'train.stage2_epochs')
 STATE_ITEMS = ('state', 'meta')  # of a checkpoints/ step
 BEST_ITEMS = ('variables', 'meta')  # of a best/ step
 
@@ -200,6 +210,46 @@ def _fill_missing(saved: dict, base: dict, prefix: str = '') -> list[str]:
   return added
 
 
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out |= _flat(value, f'{prefix}{key}.')
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def _saved_config(path: str) -> tuple[dict, list[str]]:
+  """config.json as a dict, each option it predates at its default (dssl_jax/defaults.py); and
+  those options' names."""
+  with open(path) as f:
+    saved = json.load(f)
+  return saved, _fill_missing(saved, defaults.get_config().to_dict())
+
+
+def check_workdir_config(workdir: str, config: ml_collections.ConfigDict):
+  """Refuses, in one line, a config that would change WORKDIR's run (RUN_FIELDS) before anything
+  is written there; NOTED_FIELDS' changes are said in one line; the rest (eval.*, cadence,
+  profiling) may change freely. A workdir without config.json has no run yet."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    return
+  saved = _flat(_saved_config(path)[0])
+  new = _flat(json.loads(config.to_json_best_effort()))
+  changed = sorted(k for k in saved.keys() | new.keys() if saved.get(k) != new.get(k))
+  refused = [k for k in changed if k not in NOT_RUN_FIELDS + NOTED_FIELDS
+             and any(k == f or k.startswith(f + '.') for f in RUN_FIELDS)]
+  if refused:
+    shown = ', '.join(f'{k} ({saved.get(k)!r} -> {new.get(k)!r})' for k in refused)
+    raise UserError(f'{workdir} holds a run with other settings: {shown}; its checkpoints would '
+                    'not fit. Use a new --workdir, or the settings saved in its config.json')
+  noted = [k for k in changed if k in NOTED_FIELDS]
+  if noted:
+    logging.warning('%s: %s', workdir, ', '.join(f'{k} changed from {saved[k]!r} to {new[k]!r}'
+                                                 for k in noted))
+
+
 def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, formats.DatasetMeta]:
   """The config and the vocabulary a run was trained with, from its workdir alone. An option the
   saved config predates takes its default (dssl_jax/defaults.py), with one warning."""
@@ -207,9 +257,7 @@ def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, formats.Datas
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
     raise UserError(f'{missing[0]} not found: --workdir must be a trained dssl_jax workdir')
-  with open(paths[0]) as f:
-    saved = json.load(f)
-  added = _fill_missing(saved, defaults.get_config().to_dict())
+  saved, added = _saved_config(paths[0])
   if added:
     logging.warning(f'{paths[0]} predates {", ".join(added)}: using the defaults of '
                     'dssl_jax/defaults.py')

@@ -6,7 +6,7 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 
-from dssl_jax import weights
+from dssl_jax import checkpoints, weights
 from dssl_jax.errors import UserError
 
 
@@ -24,6 +24,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str):
                       'mount the bucket (gcsfuse, s3fs) and pass the mounted path')
   if mode == 'train':
     weights.check_backbone_weights(config.model)
+  if workdir and mode in ('train', 'eval'):
+    checkpoints.check_workdir_config(workdir, config)
   if config.train.distributed:
     jax.distributed.initialize()
   if workdir:
