@@ -5,6 +5,7 @@ resumes from the newest readable one); WORKDIR/best holds the variables of the b
 A step whose files do not read back is moved aside, never deleted.
 """
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -95,13 +96,26 @@ def save_best(best: ocp.CheckpointManager, step: int, variables: dict, meta: dic
       variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)))
 
 
+@dataclasses.dataclass(frozen=True)
+class EvaluationVariables:
+  """Variables to evaluate, which checkpoint (or pre-trained file) they are, and its step.
+  stand_in: the best checkpoint on val was chosen but none read back, so these are the last
+  checkpoint's: their results must not take the place of the best's."""
+  variables: dict
+  which: str
+  step: int | None = None
+  stand_in: bool = False
+
+
 def evaluation_variables(config: ml_collections.ConfigDict, checkpoints: ocp.CheckpointManager,
-                         best: ocp.CheckpointManager, abstract_state: Callable) -> tuple[dict, str]:
+                         best: ocp.CheckpointManager,
+                         abstract_state: Callable) -> EvaluationVariables:
   """config.eval.checkpoint's variables (best: the best on val when a val split picked one, else
   the latest checkpoint's; last; or a kept step), onto this run's devices, whatever device count
   saved them, and the words that say which they are."""
   choice = config.eval.checkpoint
   stage2 = abstract_state(2)
+  had_best = choice == 'best' and bool(best.all_steps())
   try:
     if choice == 'best':
       found = newest_readable(best, lambda step: (step, best.restore(step, args=ocp.args.Composite(
@@ -109,7 +123,8 @@ def evaluation_variables(config: ml_collections.ConfigDict, checkpoints: ocp.Che
                                               'batch_stats': stage2.batch_stats})))['variables']),
                               BEST_ITEMS)
       if found:
-        return found[1], f'the best checkpoint on val (step {found[0]})'
+        return EvaluationVariables(found[1], f'the best checkpoint on val (step {found[0]})',
+                                   found[0])
     if choice in ('best', 'last'):
       restored = latest_state(checkpoints, abstract_state)
     else:
@@ -128,7 +143,8 @@ def evaluation_variables(config: ml_collections.ConfigDict, checkpoints: ocp.Che
   state, meta = restored
   which = (f'the last checkpoint (step {meta["step"]})' if choice in ('best', 'last')
            else f'checkpoint {meta["step"]}')
-  return {'params': state.params, 'batch_stats': state.batch_stats}, which
+  return EvaluationVariables({'params': state.params, 'batch_stats': state.batch_stats}, which,
+                             meta['step'], stand_in=had_best)
 
 
 def newest_readable(checkpoints: ocp.CheckpointManager, read: Callable, items=STATE_ITEMS):

@@ -8,13 +8,14 @@ import os
 import time
 from typing import Iterable
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from dssl_jax import rerank
+from dssl_jax import checkpoints, rerank
 from dssl_jax import metrics as metrics_lib
 from dssl_jax import similarity as similarity_lib
 from dssl_jax import state as state_lib
@@ -151,16 +152,24 @@ def reranked_metrics(result: SplitEvaluation, k1: int, k_near: int) -> dict:
                                        result.gallery['person_id'], head)
 
 
-def final_evaluation(encoder: Encoder, variables, which: str, config: ml_collections.ConfigDict,
-                     meta, workdir: str, image_root: str) -> dict:
-  """config.eval.split, plain and re-ranked (and image to text), for the checkpoint `which` names:
-  a table on stdout; on process 0, WORKDIR/results.json (results_<split>.json for another split,
-  results_<split>_<checkpoint>.json for another checkpoint) and the retrieval picture of its
-  first queries (images under `image_root`)."""
+def final_evaluation(encoder: Encoder, loaded: checkpoints.EvaluationVariables,
+                     config: ml_collections.ConfigDict, meta, workdir: str,
+                     image_root: str) -> dict:
+  """config.eval.split, plain and re-ranked (and image to text), of the `loaded` checkpoint: a
+  table on stdout; on process 0, WORKDIR/results.json (results_<split>.json for another split,
+  results_<split>_<checkpoint>.json for another checkpoint, or for the last one standing in for
+  an unreadable best) and the retrieval picture of its first queries (images under
+  `image_root`). results.json only ever holds the checkpoint the run chose."""
   from dssl_jax import plots, reports  # pylint: disable=g-import-not-at-top
-  split = config.eval.split
+  split, which = config.eval.split, loaded.which
+  if loaded.stand_in:
+    other = f'_{loaded.step}'
+    logging.warning(f'the best checkpoint on val does not read back: evaluating {which} into '
+                    f'results_{split}{other}.json instead')
+  else:
+    other = '' if config.eval.checkpoint == 'best' else f'_{config.eval.checkpoint}'
   start = time.time()
-  result = evaluate_split(encoder, variables, config, meta, split)
+  result = evaluate_split(encoder, loaded.variables, config, meta, split)
   metrics = dict(result.metrics)
   rows = {'DSSL': metrics}
   if config.eval.rerank:
@@ -182,7 +191,6 @@ def final_evaluation(encoder: Encoder, variables, which: str, config: ml_collect
   reports.say(f'R1 has a standard error of {metrics["R1_stderr"]:.2f} over this split\'s '
               'people: another split of as many would move it by about that.')
   if jax.process_index() == 0:
-    other = '' if config.eval.checkpoint == 'best' else f'_{config.eval.checkpoint}'
     name = 'results.json' if (split, other) == ('test', '') else f'results_{split}{other}.json'
     save_results(os.path.join(workdir, name), metrics,
                  {'split': split, 'evaluated': which, 'eval_seconds': round(seconds, 1),
@@ -203,8 +211,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   loaded = (state_lib.zero_shot_variables(config, model, mesh) if config.eval.zero_shot
             else state_lib.load_variables(config, workdir, model, mesh))
   return final_evaluation(
-      Encoder(model, mesh, config.eval.zero_shot), loaded.variables, loaded.which, config, meta,
-      os.path.abspath(workdir), image_root=os.path.join(builders.manual_dir(config.data), 'imgs'))
+      Encoder(model, mesh, config.eval.zero_shot), loaded, config, meta, os.path.abspath(workdir),
+      image_root=os.path.join(builders.manual_dir(config.data), 'imgs'))
 
 
 def save_results(path: str, metrics: dict, extra: dict | None = None):

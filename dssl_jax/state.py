@@ -8,7 +8,6 @@ trains the full loss, everything, with a fresh Adam whose rate is divided by 10 
 (or IRRA's warm-up and cosine, the encoders at a lower rate, for CLIP). Builds where TensorFlow is
 not installed: the Retriever, the search index and the benchmarks use it without the loop.
 """
-import dataclasses
 import functools
 from typing import Any
 
@@ -172,23 +171,16 @@ def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluationVariables:
-  """Variables to evaluate, and which checkpoint (or pre-trained file) they are."""
-  variables: dict
-  which: str
-
-
 def load_variables(config, workdir: str, model: dssl.DSSL,
-                   mesh: jax.sharding.Mesh) -> EvaluationVariables:
+                   mesh: jax.sharding.Mesh) -> checkpoints.EvaluationVariables:
   """config.eval.checkpoint's variables of a trained WORKDIR, and which checkpoint they are."""
   with checkpoints.managers(workdir, config) as (saved, best):
-    return EvaluationVariables(*checkpoints.evaluation_variables(
-        config, saved, best, functools.partial(abstract_train_state, config, model, mesh)))
+    return checkpoints.evaluation_variables(
+        config, saved, best, functools.partial(abstract_train_state, config, model, mesh))
 
 
 def zero_shot_variables(config, model: dssl.DSSL,
-                        mesh: jax.sharding.Mesh) -> EvaluationVariables:
+                        mesh: jax.sharding.Mesh) -> checkpoints.EvaluationVariables:
   """config.model.backbone_weights' CLIP encoders (the heads, random, go unused): what
   config.eval.zero_shot ranks with, with no training."""
   path = config.model.backbone_weights
@@ -199,5 +191,5 @@ def zero_shot_variables(config, model: dssl.DSSL,
   variables = _with_pretrained_encoders(  # no optimizer state: nothing trains
       config, flax.core.unfreeze(dssl.init_variables(model, jax.random.PRNGKey(config.seed),
                                                      config)))
-  return EvaluationVariables(jax.device_put(variables, replicated(mesh)),
-                             f'zero-shot CLIP ({path})')
+  return checkpoints.EvaluationVariables(jax.device_put(variables, replicated(mesh)),
+                                         f'zero-shot CLIP ({path})')

@@ -168,6 +168,24 @@ def test_unreadable_checkpoints_are_moved_aside_and_the_newest_good_one_is_used(
     evaluate.evaluate_workdir(config, workdir)
 
 
+def test_an_unreadable_best_is_stood_in_for_by_the_last_checkpoint_in_its_own_file(
+    stage1_run, tmp_path, caplog):
+  """results.json holds only the checkpoint the run chose: the stand-in's results go elsewhere."""
+  config = _copy_of(stage1_run, tmp_path)
+  workdir, last = str(tmp_path), _saved_steps(tmp_path / 'checkpoints')[-1]
+  (tmp_path / 'results.json').write_text('{"R1": 12.5}')  # the best checkpoint's, from before
+  _truncate(os.path.join(workdir, 'best', str(_saved_steps(tmp_path / 'best')[-1])))
+  metrics = evaluate.evaluate_workdir(config, workdir)
+  assert (tmp_path / 'results.json').read_text() == '{"R1": 12.5}'
+  with open(tmp_path / f'results_test_{last}.json') as f:
+    saved = json.load(f)
+  assert saved['evaluated'] == f'the last checkpoint (step {last})'
+  assert saved['R1'] == metrics['R1']
+  assert [r.getMessage() for r in caplog.records if 'does not read back' in r.getMessage()] == [
+      f'the best checkpoint on val does not read back: evaluating the last checkpoint (step '
+      f'{last}) into results_test_{last}.json instead']
+
+
 _STEPS = """
 import itertools, json, os, sys
 import jax, numpy as np
