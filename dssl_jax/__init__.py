@@ -10,6 +10,9 @@ import importlib.metadata
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ notices
+# TensorFlow only reads, decodes and resizes images here: its oneDNN kernels (matmuls,
+# convolutions) go unused, and their notice, printed at import, would open every script's output.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 # XLA flags set on import, each for the jaxlibs it was checked with: XLA aborts on a flag it does
 # not know. A flag the user's XLA_FLAGS already names keeps the user's value. Why each

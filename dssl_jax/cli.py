@@ -3,6 +3,7 @@
 Entry points define their own flags (so that `--help` shows them, and only them) and import jax and
 TensorFlow after parsing (so that `--help` is quick).
 """
+import logging as std_logging
 import sys
 
 from absl import flags
@@ -15,18 +16,32 @@ def fail(message: str):
 
 
 def parse_flags(argv):
-  """absl's parsing, with a bad --config.x=y (typo, wrong type) as one line instead of a trace."""
+  """absl's parsing, with a bad --config.x=y (typo, wrong type) or a --config file that does not
+  load as one line instead of a trace."""
   try:
-    return flags.FLAGS(argv)
+    argv = flags.FLAGS(argv)
   except flags.Error as e:
     fail(str(e))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     while e.args and isinstance(e.args[0], Exception):  # ConfigDict wraps its KeyError
       e = e.args[0]
     fail('config override rejected: ' + ' '.join(str(e.args[0] if e.args else e).split()))
+  if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
+    try:  # ml_collections defers a config file's load error to the first use of the config
+      flags.FLAGS['config'].value.get('seed')
+    except OSError as e:
+      fail(f'--config: {str(e).strip().splitlines()[-1].strip()}')
+  return argv
+
+
+def _not_a_tfds_notice(record) -> bool:
+  """TFDS warns of its own choices on every builder it makes ("Using custom data configuration",
+  "Variant folder ... has no dataset_info.json"): notices, not problems of the run."""
+  return record.levelno >= std_logging.ERROR or 'tensorflow_datasets' not in record.pathname
 
 
 def quiet_logging():
   """Our progress lines and warnings only (TFDS and orbax log a lot); --verbosity=0 for all."""
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+    logging.get_absl_logger().addFilter(_not_a_tfds_notice)

@@ -97,6 +97,11 @@ def build_index(retriever, images: str, folder: str, shard_size: int = 50_000) -
   """
   if not os.path.isdir(images):
     raise UserError(f'--images {images!r} is not a folder')
+  found = sorted(os.path.relpath(os.path.join(root, name), images)
+                 for root, _, names in os.walk(images) for name in names
+                 if name.lower().endswith(IMAGE_EXTENSIONS))
+  if not found:
+    raise UserError(f'--images {images!r} holds no {"/".join(IMAGE_EXTENSIONS)} image')
   index = Index(folder)
   os.makedirs(folder, exist_ok=True)
   if index.manifest is None:
@@ -107,9 +112,6 @@ def build_index(retriever, images: str, folder: str, shard_size: int = 50_000) -
     index.check(retriever.fingerprint)
     with open(os.path.join(folder, FILES)) as f:
       files = json.load(f)
-  found = sorted(os.path.relpath(os.path.join(root, name), images)
-                 for root, _, names in os.walk(images) for name in names
-                 if name.lower().endswith(IMAGE_EXTENSIONS))
   stamp = lambda p: [os.path.getmtime(os.path.join(images, p)),
                      os.path.getsize(os.path.join(images, p))]
   todo = [p for p in found if p not in files or files[p]['stamp'] != stamp(p)]

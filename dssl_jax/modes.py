@@ -17,6 +17,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str):
   from dssl_jax.data import builders  # pylint: disable=g-import-not-at-top
   if mode != 'prepare' and not workdir:
     raise UserError(f'--mode={mode} needs --workdir')
+  if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f'--workdir {workdir!r} is a file: give a folder (new, or a run\'s)')
   for name, path in (('--workdir', workdir), ('config.data.data_dir', config.data.data_dir),
                      ('config.data.manual_dir', config.data.manual_dir)):
     if path and '://' in path:

@@ -21,6 +21,7 @@ from dssl_jax import checkpoints, evaluate, index as index_lib
 from dssl_jax import similarity as similarity_lib
 from dssl_jax import state as state_lib
 from dssl_jax.data import captions, pipeline
+from dssl_jax.data.images import check_image
 from dssl_jax.errors import UserError
 
 
@@ -65,9 +66,13 @@ class Retriever:
     """
     if not len(images):
       raise UserError('encode_images needs at least one image')
-    size = self.config.data.image_size
+    size, paths = self.config.data.image_size, []
     if all(isinstance(x, (str, os.PathLike)) for x in images):
-      ds = tf.data.Dataset.from_tensor_slices([os.fspath(x) for x in images]).map(
+      paths = [os.fspath(x) for x in images]
+      for path in paths:
+        if not os.path.isfile(path):
+          raise UserError(f'{path}: no such image file')
+      ds = tf.data.Dataset.from_tensor_slices(paths).map(
           lambda path: pipeline.decode_and_resize(tf.io.read_file(path), size),
           num_parallel_calls=tf.data.AUTOTUNE)
     else:
@@ -81,8 +86,14 @@ class Retriever:
               lambda image: pipeline.resize(image, size))
     ds = ds.map(lambda image: {'image': pipeline.normalize(image), 'person_id': 0,
                                'file_path': ''})
-    features = self.encoder.gallery(
-        self.variables, pipeline.padded_batches(ds, self.config.eval.batch_size), len(images))
+    try:
+      features = self.encoder.gallery(
+          self.variables, pipeline.padded_batches(ds, self.config.eval.batch_size), len(images))
+    except tf.errors.OpError:  # TensorFlow names no file: find the one that does not decode
+      for path in paths:
+        if problem := check_image(path):
+          raise UserError(f'{path}: {problem}') from None
+      raise
     return {k: features[k] for k in evaluate.GALLERY_FEATURES}
 
   # ------------------------------------------------------------------ text

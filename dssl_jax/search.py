@@ -48,6 +48,8 @@ def main(argv):
     raise app.UsageError('usage: python -m dssl_jax.search index|query|recall --workdir W ...')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
+  if FLAGS.top < 1:
+    cli.fail(f'--top {FLAGS.top}: give at least 1 result per query')
   from dssl_jax import index as index_lib, plots  # pylint: disable=g-import-not-at-top
   from dssl_jax import similarity as similarity_lib  # pylint: disable=g-import-not-at-top
   from dssl_jax.retriever import Retriever  # pylint: disable=g-import-not-at-top

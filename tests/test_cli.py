@@ -79,3 +79,64 @@ def test_mode_config_prints_the_resolved_config():
   assert out.returncode == 0, out.stderr
   assert 'sdm_zero_ratio: 0.25' in out.stdout and 'batch_size: 16' in out.stdout
   assert 'depth: 18' in out.stdout and 'name: synthetic' in out.stdout  # the file's own values
+
+
+API_ERROR = """
+import sys
+from dssl_jax import Retriever
+from dssl_jax.errors import UserError
+try:
+  Retriever.from_workdir(sys.argv[1]).encode_images(sys.argv[2:])
+except UserError as e:
+  sys.exit(f'error: {e}')
+"""
+
+
+def _bad_inputs(workdir: str, tmp) -> dict:
+  """{case: (arguments to python, what stderr must name)}, as a user would meet each."""
+  (tmp / 'a_file').write_text('not a folder')
+  (tmp / 'empty.jpg').write_bytes(b'')
+  (tmp / 'no_images').mkdir()
+  (tmp / 'no_images' / 'notes.txt').write_text('no image here')
+  main = ['-m', 'dssl_jax.main', '--config=configs/synthetic_tiny.py']
+  search = ['-m', 'dssl_jax.search']
+  return {
+      'a --config file that does not exist': (
+          ['-m', 'dssl_jax.main', '--config=configs/nope.py', f'--workdir={workdir}'],
+          'configs/nope.py'),
+      'a --workdir that is a file': ([*main, f'--workdir={tmp / "a_file"}'], str(tmp / 'a_file')),
+      'a changed model field against an existing workdir': (
+          [*main, f'--workdir={workdir}', '--config.model.embed_dim=64'], 'model.embed_dim'),
+      'encode_images on a missing image': (
+          ['-c', API_ERROR, workdir, str(tmp / 'missing.jpg')], str(tmp / 'missing.jpg')),
+      'encode_images on an empty image': (
+          ['-c', API_ERROR, workdir, str(tmp / 'empty.jpg')], str(tmp / 'empty.jpg')),
+      'search with --top 0': ([*search, 'query', f'--workdir={workdir}', '--top=0', 'a man'],
+                              '--top 0'),
+      'an index over a folder with no images': (
+          [*search, 'index', f'--workdir={workdir}', f'--images={tmp / "no_images"}',
+           f'--index={tmp / "index"}'], str(tmp / 'no_images')),
+      'a data.manual_dir that does not exist': (
+          ['-m', 'dssl_jax.main', '--config=configs/cuhk.py', '--mode=prepare',
+           f'--config.data.manual_dir={tmp / "CUHK-PEDES"}',
+           f'--config.data.data_dir={tmp / "tfds"}'], str(tmp / 'CUHK-PEDES')),
+  }
+
+
+def _snapshot(folder: str) -> dict:
+  return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
+          for root, _, names in os.walk(folder) for name in names}
+
+
+def test_every_bad_input_ends_in_one_line_that_names_it_and_changes_nothing(trained, tmp_path):
+  """Each case in a subprocess, as a user meets it: a non-zero exit, at most two lines on stderr,
+  the path or field named, and no file of the trained workdir touched."""
+  workdir = trained[0]
+  before = _snapshot(workdir)
+  for case, (args, named) in _bad_inputs(workdir, tmp_path).items():
+    out = _run(*args)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode != 0, case
+    assert len(lines) <= 2 and named in out.stderr, f'{case}: {out.stderr[-2000:]}'
+    assert _snapshot(workdir) == before, case
+  assert not (tmp_path / 'index').exists()
