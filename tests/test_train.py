@@ -186,6 +186,37 @@ def test_an_unreadable_best_is_stood_in_for_by_the_last_checkpoint_in_its_own_fi
       f'{last}) into results_test_{last}.json instead']
 
 
+_EVAL_STAGE1_RUN = """
+import sys
+sys.path.insert(0, {root!r})
+from dssl_jax import cli, modes
+from tests.helpers import tiny_config, tiny_train_config
+cli.quiet_logging()  # as the command line logs
+config = tiny_train_config(tiny_config({data_dir!r}))
+config.train.stage1_epochs, config.train.stage2_epochs, config.train.checkpoint_every_steps = 1, 0, 4
+modes.run(config, {workdir!r}, 'eval')
+"""
+
+
+def test_evaluating_past_a_corrupt_best_checkpoint_is_quiet_and_keeps_the_results(
+    stage1_run, tmp_path):
+  """--mode=eval in a fresh process: at most 3 lines beyond the normal output, the unreadable step
+  moved aside, results.json as it was, the stand-in's results in their own file."""
+  _copy_of(stage1_run, tmp_path)
+  best, last = _saved_steps(tmp_path / 'best')[-1], _saved_steps(tmp_path / 'checkpoints')[-1]
+  (tmp_path / 'results.json').write_text('{"R1": 12.5}')
+  _truncate(tmp_path / 'best' / str(best))
+  script = _EVAL_STAGE1_RUN.format(root=ROOT, data_dir=stage1_run[0].data.data_dir,
+                                   workdir=str(tmp_path))
+  out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert len([line for line in out.stderr.splitlines() if line.strip()]) <= 3, out.stderr[-3000:]
+  assert (tmp_path / 'results.json').read_text() == '{"R1": 12.5}'
+  assert os.listdir(tmp_path / 'best.unreadable') == [str(best)]
+  assert (tmp_path / f'results_test_{last}.json').is_file()
+
+
 _STEPS = """
 import itertools, json, os, sys
 import jax, numpy as np
