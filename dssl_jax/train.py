@@ -10,6 +10,7 @@ In reading order: the jit-compiled step, then the run: `run_training` (both stag
 (TensorFlow) is imported by the functions that read data, so that the step builds where it is not
 installed.
 """
+import contextlib
 import functools
 import os
 import signal
@@ -82,6 +83,25 @@ def check_finite(metrics: dict, step: int, saved: checkpoints.ocp.CheckpointMana
 
 # ------------------------------------------------------------------------ the run
 
+@contextlib.contextmanager
+def on_stop_signals(first: Callable[[str], None]):
+  """While open, the first SIGTERM or SIGINT (Ctrl-C) calls first(its name); a second SIGINT
+  aborts at once (KeyboardInterrupt). Yields the names received."""
+  received = []
+
+  def handler(number, _):
+    if received and number == signal.SIGINT:
+      raise KeyboardInterrupt
+    received.append(signal.Signals(number).name)
+    first(received[-1])
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield received
+  finally:
+    for number, old in previous.items():
+      signal.signal(number, old)
+
+
 def run_training(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
   """Runs (or resumes) both stages in WORKDIR; returns the final state."""
   from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -97,8 +117,9 @@ def run_training(config: ml_collections.ConfigDict, workdir: str) -> state_lib.T
   encoder = evaluate.Encoder(model, mesh)
   stop = threading.Event()
 
-  def on_sigterm(*_):
-    logging.warning('SIGTERM: saving a checkpoint at the next step, then stopping')
+  def on_signal(name: str):
+    logging.warning(f'{name}: saving a checkpoint at the next step, then stopping (a second '
+                    'Ctrl-C stops at once, unsaved)')
     stop.set()
 
   with checkpoints.managers(workdir, config) as (saved, best):
@@ -115,8 +136,9 @@ def run_training(config: ml_collections.ConfigDict, workdir: str) -> state_lib.T
     step_fn = make_train_step(config, model, stage, steps_per_epoch, mesh)
     progress = reports.Progress(epochs * steps_per_epoch, step, config.train.batch_size)
     trace = reports.StepTrace(config.train.profile_steps, log.tensorboard)
-    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
+    with contextlib.ExitStack() as cleanup:
+      received = cleanup.enter_context(on_stop_signals(on_signal))
+      cleanup.callback(trace.stop)
       for epoch in range(step // steps_per_epoch, epochs):
         if state_lib.stage_of(epoch, config) != stage:  # stage 1 -> 2: a new optimizer from scratch
           checkpoints.save_state(saved, state, stage)
@@ -144,8 +166,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str) -> state_lib.T
             checkpoints.save_state(saved, state, stage)
           if stop.is_set():
             saved.wait_until_finished()
-            raise SystemExit(f'stopped by SIGTERM at step {step}: rerun the same command to '
-                             'resume')
+            raise SystemExit(f'stopped by {received[0]} at step {step}: rerun the same command '
+                             'to resume')
         if metrics is not None:
           check_finite(metrics, step, saved)
 
@@ -154,9 +176,6 @@ def run_training(config: ml_collections.ConfigDict, workdir: str) -> state_lib.T
         if meta.kept.get('val', {}).get('images') and (epoch + 1) % every == 0:
           validate(encoder, state, config, meta, epoch, log, best)
       checkpoints.save_state(saved, state, stage)
-    finally:
-      trace.stop()
-      signal.signal(signal.SIGTERM, previous_handler)
   return state
 
 
@@ -173,9 +192,15 @@ def validate(encoder: evaluate.Encoder, state: state_lib.TrainState, config,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """--mode=train: both stages (or what is left of them), then the final evaluation."""
+  """--mode=train: both stages (or what is left of them), then the final evaluation, which a
+  SIGTERM or SIGINT stops, saying how to run it again."""
   run_training(config, workdir)
-  if jax.process_index() == 0:
-    plots.loss_curves(os.path.join(workdir, 'metrics.jsonl'),
-                      os.path.join(workdir, 'loss_curves.png'))
-  return evaluate.evaluate_workdir(config, workdir)
+
+  def on_signal(name: str):
+    raise SystemExit(f'{name} during the final evaluation: stopped it. Training is complete and '
+                     f'saved: --mode=eval with --workdir {workdir} evaluates it')
+  with on_stop_signals(on_signal):
+    if jax.process_index() == 0:
+      plots.loss_curves(os.path.join(workdir, 'metrics.jsonl'),
+                        os.path.join(workdir, 'loss_curves.png'))
+    return evaluate.evaluate_workdir(config, workdir)

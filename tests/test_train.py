@@ -85,16 +85,17 @@ def test_stage1_step_has_no_backbone_backward_pass(tiny_dataset):
 
 
 @pytest.mark.slow
-def test_sigterm_then_rerun_resumes_exactly(tiny_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize('name', ['SIGTERM', 'SIGINT'])
+def test_sigterm_or_ctrl_c_then_rerun_resumes_exactly(name, tiny_dataset, tmp_path, monkeypatch):
   config = tiny_train_config(tiny_dataset[0])
   reference = train.run_training(config, str(tmp_path / 'straight'))
 
-  def sigterm_before_step_23(i, batch):  # mid stage 2, between checkpoints
+  def signal_before_step_23(i, batch):  # mid stage 2, between checkpoints
     if i == 22:
-      os.kill(os.getpid(), signal.SIGTERM)
+      os.kill(os.getpid(), signal.Signals[name])
     return batch
-  steps_per_epoch = _epochs_that(monkeypatch, config, sigterm_before_step_23)
-  with pytest.raises(SystemExit, match='stopped by SIGTERM at step 23'):
+  steps_per_epoch = _epochs_that(monkeypatch, config, signal_before_step_23)
+  with pytest.raises(SystemExit, match=f'stopped by {name} at step 23'):
     train.run_training(config, str(tmp_path / 'resumed'))
   assert _saved_steps(tmp_path / 'resumed' / 'checkpoints')[-1] == 23
   monkeypatch.undo()
@@ -103,6 +104,27 @@ def test_sigterm_then_rerun_resumes_exactly(tiny_dataset, tmp_path, monkeypatch)
   want, got = leaves(reference.params), leaves(resumed.params)
   for key in want:
     np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_a_second_ctrl_c_aborts_at_once_and_the_handlers_are_restored():
+  first = []
+  before = signal.getsignal(signal.SIGINT)
+  with pytest.raises(KeyboardInterrupt):
+    with train.on_stop_signals(first.append) as received:
+      os.kill(os.getpid(), signal.SIGINT)
+      assert first == received == ['SIGINT']
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_signal_during_the_final_evaluation_says_what_it_does(tmp_path, monkeypatch):
+  monkeypatch.setattr(train, 'run_training', lambda config, workdir: None)  # trained already
+  monkeypatch.setattr(train.plots, 'loss_curves', lambda *paths: None)
+  monkeypatch.setattr(evaluate, 'evaluate_workdir',
+                      lambda config, workdir: os.kill(os.getpid(), signal.SIGTERM))
+  with pytest.raises(SystemExit, match=r'SIGTERM during the final evaluation: stopped it\. '
+                     r'Training is complete and saved: --mode=eval with --workdir .* evaluates'):
+    train.train_and_evaluate(base.get_config(), str(tmp_path))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path,
