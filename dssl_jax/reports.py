@@ -1,7 +1,9 @@
 """What a run prints and logs: the progress line, scalars (JSON lines + TensorBoard), a profiler
 trace, results tables. Its pictures are plots.py's."""
+import collections
 import json
 import os
+import statistics
 import time
 
 import jax
@@ -32,6 +34,16 @@ class MetricLog:
     self.enabled = jax.process_index() == 0
     self.config = config
     self._writer = None  # created on the first write
+
+  def resume_at(self, step: int):
+    """Forgets what was logged after `step`: a resumed run logs those steps again."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+    with open(self.path + '.tmp', 'w') as f:
+      f.writelines(kept)
+    os.replace(self.path + '.tmp', self.path)
 
   def write(self, step: int, values: dict, prefix: str = ''):
     if not self.enabled:
@@ -84,16 +96,19 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-  """images/s over the last interval and the ETA of the whole run."""
+  """images/s and the ETA of the whole run, from the median rate of the last few intervals
+  between lines: one interval that also compiled a step or ran a validation moves neither."""
 
-  def __init__(self, total_steps: int, start_step: int, batch_size: int):
+  def __init__(self, total_steps: int, start_step: int, batch_size: int, window: int = 5):
     self.total_steps, self.batch_size = total_steps, batch_size
     self._last_step, self._last_time = start_step, time.time()
+    self._rates = collections.deque(maxlen=window)
 
   def line(self, step: int, epoch: int, epochs: int, stage: int, values: dict) -> str:
     now = time.time()
-    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._rates.append((step - self._last_step) / max(now - self._last_time, 1e-9))
     self._last_step, self._last_time = step, now
+    rate = statistics.median(self._rates)
     terms = ' '.join(f'{k} {v:.3g}' for k, v in sorted(values.items())
                      if k not in ('loss', 'lr') and not k.startswith(SEPARATION))
     return (f'stage {stage} epoch {epoch + 1}/{epochs} step {step}/{self.total_steps} '

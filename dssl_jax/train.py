@@ -133,6 +133,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str) -> state_lib.T
       state = state_lib.create_train_state(config, model, mesh)
       stage = state_lib.stage_of(0, config)
     step = int(state.step)
+    log.resume_at(step)
     step_fn = make_train_step(config, model, stage, steps_per_epoch, mesh)
     progress = reports.Progress(epochs * steps_per_epoch, step, config.train.batch_size)
     trace = reports.StepTrace(config.train.profile_steps, log.tensorboard)

@@ -46,6 +46,17 @@ def test_prepare_generates_and_builds_offline(tmp_path):
                         'synthetic_ids10_img4_seed0_split5-1-4' / 'reid_raw.json')
 
 
+def test_output_to_a_file_has_no_progress_bars_or_tfds_notices(tmp_path):
+  """Not a terminal (a log file, a pipe): no escape codes, no TFDS notice repeated per builder."""
+  result = _main('--config=configs/synthetic.py', '--mode=prepare',
+                 f'--config.data.data_dir={tmp_path / "tfds"}',
+                 '--config.data.synthetic.identities=10')
+  assert result.returncode == 0, result.stderr
+  for stream in (result.stdout, result.stderr):
+    assert '\x1b' not in stream and 'Using custom data configuration' not in stream
+  assert result.stderr.strip() == ''
+
+
 def test_bad_manual_dir_is_one_line_and_exit_1(tmp_path):
   result = _main('--config=configs/cuhk.py', '--mode=prepare',
                  f'--config.data.manual_dir={tmp_path / "CUHK-PEDES"}',

@@ -64,3 +64,28 @@ def test_step_trace_covers_its_window_only(tmp_path, capsys):
   assert capsys.readouterr().out.startswith(f'profile of steps 2-3 written to {tmp_path}')
   with pytest.raises(UserError, match=r'config.train.profile_steps \(3, 2\): want \(first, last\)'):
     reports.StepTrace((3, 2), str(tmp_path))
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+  log = reports.MetricLog(str(tmp_path), synthetic.get_config())
+  for step in (10, 20, 30):  # the run reached step 30; its last checkpoint was at step 20
+    log.write(step, {'loss': float(step)}, prefix='train/')
+  log.write(20, {'R1': 40.0}, prefix='val/')
+  log.resume_at(20)
+  log.write(30, {'loss': 29.0}, prefix='train/')
+  with open(tmp_path / 'metrics.jsonl') as f:
+    assert [json.loads(line) for line in f] == [
+        {'step': 10, 'train/loss': 10.0}, {'step': 20, 'train/loss': 20.0},
+        {'step': 20, 'val/R1': 40.0}, {'step': 30, 'train/loss': 29.0}]
+
+
+def test_throughput_and_eta_ride_out_one_slow_interval(monkeypatch):
+  """An interval that also compiled or validated moves the median rate not at all."""
+  clock = iter([0.0, 10.0, 20.0, 320.0, 330.0])  # 10 steps in 10 s, but once in 300 s
+  monkeypatch.setattr(reports.time, 'time', lambda: next(clock))
+  progress = reports.Progress(total_steps=1000, start_step=0, batch_size=32)
+  values = {'loss': 1.0, 'lr': 1e-3}
+  lines = [progress.line(step, 0, 1, 2, values) for step in (10, 20, 30, 40)]
+  assert [line.split('] lr 0.001 ')[1] for line in lines] == [
+      '32.0 img/s ETA 16m30s', '32.0 img/s ETA 16m20s', '32.0 img/s ETA 16m10s',
+      '32.0 img/s ETA 16m00s']

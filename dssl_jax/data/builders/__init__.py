@@ -1,6 +1,7 @@
 """Which builder reads `config.data`, where it writes, and `prepare` (main's --mode=prepare)."""
 import dataclasses
 import os
+import sys
 
 from absl import logging
 import ml_collections
@@ -72,6 +73,8 @@ def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     return builder
   annotations.load_annotations(BUILDERS[data.name].FORMAT, raw)  # clear errors before TFDS runs
   captions.resolve_tagger(data.tagger)
+  if not sys.stderr.isatty():  # TFDS's bars redraw with escape codes: noise in a log file
+    tfds.disable_progress_bar()
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=raw))
   logging.info('built %s', builder.data_dir)
   print(f'dataset built: {builder.data_dir}', flush=True)
