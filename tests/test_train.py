@@ -13,7 +13,6 @@ import pytest
 
 from configs import base
 from dssl_jax import checkpoints, evaluate, train
-from dssl_jax import similarity as similarity_lib
 from dssl_jax import state as state_lib
 from dssl_jax.data import builders, pipeline
 from dssl_jax.errors import UserError
@@ -207,17 +206,6 @@ def test_an_unreadable_best_is_stood_in_for_by_the_last_checkpoint_in_its_own_fi
   assert [r.getMessage() for r in caplog.records if 'does not read back' in r.getMessage()] == [
       f'the best checkpoint on val does not read back: evaluating the last checkpoint (step '
       f'{last}) into results_test_{last}.json instead']
-
-
-def test_a_stage_1_checkpoint_is_ranked_without_the_untrained_ca_terms(stage1_run, tmp_path):
-  """Sim_TI's CA weights follow the chosen checkpoint: stage 1 trains no CA head."""
-  config = _copy_of(stage1_run, tmp_path)
-  evaluate.evaluate_workdir(config, str(tmp_path))
-  with open(tmp_path / 'results.json') as f:
-    results = json.load(f)
-  assert results['evaluated'].startswith('the best checkpoint on val')
-  assert (results['lambda1'], results['lambda2']) == (0.0, 0.0)
-  assert similarity_lib.sim_ti_weights(config) == (0.5, 0.5)  # a stage-2 checkpoint's
 
 
 _EVAL_STAGE1_RUN = """
