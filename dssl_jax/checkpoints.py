@@ -13,6 +13,7 @@ from typing import Callable
 
 from absl import logging
 from etils import epath
+import flax
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -226,16 +227,6 @@ def _fill_missing(saved: dict, base: dict, prefix: str = '') -> list[str]:
   return added
 
 
-def _flat(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out |= _flat(value, f'{prefix}{key}.')
-    else:
-      out[prefix + key] = value
-  return out
-
-
 def _saved_config(path: str) -> tuple[dict, list[str]]:
   """config.json as a dict, each option it predates at its default (dssl_jax/defaults.py); and
   those options' names."""
@@ -251,8 +242,9 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict):
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     return
-  saved = _flat(_saved_config(path)[0])
-  new = _flat(json.loads(config.to_json_best_effort()))
+  flat = lambda tree: flax.traverse_util.flatten_dict(tree, sep='.')
+  saved = flat(_saved_config(path)[0])
+  new = flat(json.loads(config.to_json_best_effort()))
   changed = sorted(k for k in saved.keys() | new.keys() if saved.get(k) != new.get(k))
   refused = [k for k in changed if k not in NOT_RUN_FIELDS + NOTED_FIELDS
              and any(k == f or k.startswith(f + '.') for f in RUN_FIELDS)]
