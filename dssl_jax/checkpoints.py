@@ -106,6 +106,7 @@ class EvaluationVariables:
   which: str
   step: int | None = None
   stand_in: bool = False
+  stage: int = 2  # of training: a stage-1 checkpoint's CA heads are untrained
 
 
 def evaluation_variables(config: ml_collections.ConfigDict, checkpoints: ocp.CheckpointManager,
@@ -121,11 +122,13 @@ def evaluation_variables(config: ml_collections.ConfigDict, checkpoints: ocp.Che
     if choice == 'best':
       found = newest_readable(best, lambda step: (step, best.restore(step, args=ocp.args.Composite(
           variables=ocp.args.StandardRestore({'params': stage2.params,
-                                              'batch_stats': stage2.batch_stats})))['variables']),
-                              BEST_ITEMS)
+                                              'batch_stats': stage2.batch_stats}),
+          meta=ocp.args.JsonRestore()))), BEST_ITEMS)
       if found:
-        return EvaluationVariables(found[1], f'the best checkpoint on val (step {found[0]})',
-                                   found[0])
+        step, restored = found
+        stage = 1 if restored['meta']['epoch'] <= config.train.stage1_epochs else 2
+        return EvaluationVariables(restored['variables'],
+                                   f'the best checkpoint on val (step {step})', step, stage=stage)
     if choice in ('best', 'last'):
       restored = latest_state(checkpoints, abstract_state)
     else:
@@ -145,7 +148,7 @@ def evaluation_variables(config: ml_collections.ConfigDict, checkpoints: ocp.Che
   which = (f'the last checkpoint (step {meta["step"]})' if choice in ('best', 'last')
            else f'checkpoint {meta["step"]}')
   return EvaluationVariables({'params': state.params, 'batch_stats': state.batch_stats}, which,
-                             meta['step'], stand_in=had_best)
+                             meta['step'], stand_in=had_best, stage=meta['stage'])
 
 
 def newest_readable(checkpoints: ocp.CheckpointManager, read: Callable, items=STATE_ITEMS):

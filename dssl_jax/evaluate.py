@@ -117,9 +117,9 @@ class SplitEvaluation:
 
 
 def evaluate_split(encoder: Encoder, variables, config: ml_collections.ConfigDict, meta,
-                   split: str) -> SplitEvaluation:
-  """Encodes `split`, ranks it by Sim_TI (weights: similarity.sim_ti_weights(config)) and scores
-  the ranking, timing each stage."""
+                   split: str, stage: int = 2) -> SplitEvaluation:
+  """Encodes `split`, ranks it by Sim_TI (weights: similarity.sim_ti_weights of the config and of
+  the training stage the variables come from) and scores the ranking, timing each stage."""
   from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   index, count = jax.process_index(), jax.process_count()
   seconds = {}
@@ -135,7 +135,7 @@ def evaluate_split(encoder: Encoder, variables, config: ml_collections.ConfigDic
       variables, pipeline.queries(config, meta, split, index, count), kept.get('captions')))
   sim = timed('similarity', lambda: similarity_lib.similarity(
       {k: gallery[k] for k in GALLERY_FEATURES}, {k: queries[k] for k in QUERY_FEATURES},
-      *similarity_lib.sim_ti_weights(config)))
+      *similarity_lib.sim_ti_weights(config, stage)))
   metrics = timed('metrics', lambda: metrics_lib.retrieval_metrics(
       sim, queries['person_id'], gallery['person_id']))
   return SplitEvaluation(metrics, sim, gallery, queries, seconds)
@@ -169,7 +169,7 @@ def final_evaluation(encoder: Encoder, loaded: checkpoints.EvaluationVariables,
   else:
     other = '' if config.eval.checkpoint == 'best' else f'_{config.eval.checkpoint}'
   start = time.time()
-  result = evaluate_split(encoder, loaded.variables, config, meta, split)
+  result = evaluate_split(encoder, loaded.variables, config, meta, split, loaded.stage)
   metrics = dict(result.metrics)
   rows = {'DSSL': metrics}
   if config.eval.rerank:
@@ -181,7 +181,7 @@ def final_evaluation(encoder: Encoder, loaded: checkpoints.EvaluationVariables,
     rows['image to text'] = metrics['image_to_text']
   seconds = time.time() - start
   unmatched = metrics['queries_without_match']
-  lambda1, lambda2 = similarity_lib.sim_ti_weights(config)
+  lambda1, lambda2 = similarity_lib.sim_ti_weights(config, loaded.stage)
   reports.say(f'{split} split, {which}, {metrics["queries"]} queries, '
               f'{len(result.gallery["person_id"])} images, Sim_TI with lambda1 = {lambda1:g}, '
               f'lambda2 = {lambda2:g} ({seconds:.1f}s)'
@@ -194,7 +194,8 @@ def final_evaluation(encoder: Encoder, loaded: checkpoints.EvaluationVariables,
     name = 'results.json' if (split, other) == ('test', '') else f'results_{split}{other}.json'
     save_results(os.path.join(workdir, name), metrics,
                  {'split': split, 'evaluated': which, 'eval_seconds': round(seconds, 1),
-                  'lambda1': lambda1, 'lambda2': lambda2, 'zero_shot': config.eval.zero_shot})
+                  'stage': loaded.stage, 'lambda1': lambda1, 'lambda2': lambda2,
+                  'zero_shot': config.eval.zero_shot})
     plots.retrieval_picture(
         os.path.join(workdir, f'retrieval_{split}{other}.png'), result.similarity,
         result.queries['text'], result.queries['person_id'],

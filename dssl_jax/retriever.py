@@ -34,6 +34,8 @@ class Retriever:
     model, mesh = state_lib.make_model(self.config, self.meta), state_lib.make_mesh()
     loaded = state_lib.load_variables(self.config, workdir, model, mesh)
     self.variables, self.checkpoint = loaded.variables, loaded.which
+    # Sim_TI's (lambda1, lambda2): this run's, at its checkpoint's stage
+    self.sim_ti_weights = similarity_lib.sim_ti_weights(self.config, loaded.stage)
     self.encoder = evaluate.Encoder(model, mesh)
     self.word_ids = {w: i for i, w in enumerate(self.meta.vocabulary)}
     self.fingerprint = {'model': self.config.model.to_dict(),
@@ -171,7 +173,7 @@ class Retriever:
     Returns:
       [texts, images] scores, higher for a better match.
     """
-    return similarity_lib.similarity(images, texts, *similarity_lib.sim_ti_weights(self.config))
+    return similarity_lib.similarity(images, texts, *self.sim_ti_weights)
 
   def build_index(self, images: str, folder: str, shard_size: int = 50_000) -> dict:
     """Encodes every new or changed jpg/png under a folder into an on-disk index.
@@ -210,4 +212,4 @@ class Retriever:
     if not isinstance(index, index_lib.Index):
       index = self.open_index(index)
     return index_lib.search(index, self.encode_texts(texts), top,
-                            *similarity_lib.sim_ti_weights(self.config), candidates)
+                            *self.sim_ti_weights, candidates)

@@ -51,7 +51,6 @@ def main(argv):
   if FLAGS.top < 1:
     cli.fail(f'--top {FLAGS.top}: give at least 1 result per query')
   from dssl_jax import index as index_lib, plots  # pylint: disable=g-import-not-at-top
-  from dssl_jax import similarity as similarity_lib  # pylint: disable=g-import-not-at-top
   from dssl_jax.retriever import Retriever  # pylint: disable=g-import-not-at-top
   folder = FLAGS.index or os.path.join(FLAGS.workdir, 'index')
   try:
@@ -73,7 +72,7 @@ def main(argv):
     index = retriever.open_index(folder)
     if argv[1] == 'recall':
       shares = index_lib.recall(index, retriever.encode_texts(texts), FLAGS.top,
-                                *similarity_lib.sim_ti_weights(retriever.config))
+                                *retriever.sim_ti_weights)
       for m, share in shares.items():
         print(f'{m} candidates: {100 * share:.2f}% of the exact top-{FLAGS.top} of '
               f'{len(texts)} queries')

@@ -63,22 +63,22 @@ def cross_attention_similarity(parts: jax.Array, mask: jax.Array, queries: jax.A
   return projection / jnp.sqrt(jnp.maximum(squared_norm, 1e-16))
 
 
-def sim_ti_weights(config: ml_collections.ConfigDict) -> tuple[float, float]:
-  """(lambda1, lambda2) of Sim_TI for the run `config` describes.
+def sim_ti_weights(config: ml_collections.ConfigDict, stage: int = 2) -> tuple[float, float]:
+  """(lambda1, lambda2) of Sim_TI for the run `config` describes, at a checkpoint of `stage`.
 
   An unset weight (config.eval.lambda1/2 = None) is the paper's 0.5 where its CA term was trained,
   else 0: only Align IV (eq. 13) trains the visual parts V_L (image_local, SAM) to match a text,
   and only Align V (eq. 14) trains the phrases T_L to match an image (SDM's eq. 2 trains them to
-  reconstruct M_T, not to match); the baseline trains neither. A random head would add noise to
-  exactly the ablation rows of Table 1 that turn those aligns off. A weight set explicitly is used
-  as given.
+  reconstruct M_T, not to match); the baseline trains neither, and neither is trained before stage
+  2. A random head would add noise to exactly the ablation rows of Table 1 that turn those aligns
+  off, and to a stage-1 checkpoint. A weight set explicitly is used as given.
   """
   e, loss, baseline = config.eval, config.loss, config.model.baseline
   if e.zero_shot:  # CLIP's features alone (Encoder's zero_shot): no CA term exists
     return 0.0, 0.0
   def weight(value, trained: bool) -> float:
     if value is None:
-      return PAPER_LAMBDA if trained and not baseline else 0.0
+      return PAPER_LAMBDA if trained and stage == 2 and not baseline else 0.0
     return float(value)
   return weight(e.lambda1, loss.align4), weight(e.lambda2, loss.align5)
 

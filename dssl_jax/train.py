@@ -185,7 +185,8 @@ def validate(encoder: evaluate.Encoder, state: state_lib.TrainState, config,
              epoch: int, log: reports.MetricLog, best: checkpoints.ocp.CheckpointManager):
   """The val split's metrics after `epoch`; the variables into WORKDIR/best when R1 improves."""
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  metrics = evaluate.evaluate_split(encoder, variables, config, meta, 'val').metrics
+  metrics = evaluate.evaluate_split(encoder, variables, config, meta, 'val',
+                                    state_lib.stage_of(epoch, config)).metrics
   log.write(int(state.step), metrics, prefix='val/')
   reports.say(f'  val after epoch {epoch + 1}: ' + reports.metrics_line(metrics))
   if metrics['R1'] > checkpoints.best_r1(best):

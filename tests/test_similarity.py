@@ -92,3 +92,8 @@ def test_sim_ti_without_align4_and_align5_is_the_person_cosine_alone():
       cosine, rtol=1e-5, atol=1e-6)
   with_ca = similarity_lib.similarity(gallery, queries, *similarity_lib.sim_ti_weights(_config()))
   assert np.abs(with_ca - cosine).max() > 0.1  # the full model's CA terms are there
+
+
+def test_a_stage_1_checkpoint_gets_no_ca_term_unless_one_is_set():
+  assert similarity_lib.sim_ti_weights(_config(), stage=1) == (0.0, 0.0)
+  assert similarity_lib.sim_ti_weights(_config(eval__lambda1=0.3), stage=1) == (0.3, 0.0)

@@ -13,6 +13,7 @@ import pytest
 
 from configs import base
 from dssl_jax import checkpoints, evaluate, train
+from dssl_jax import similarity as similarity_lib
 from dssl_jax import state as state_lib
 from dssl_jax.data import builders, pipeline
 from dssl_jax.errors import UserError
@@ -208,6 +209,17 @@ def test_an_unreadable_best_is_stood_in_for_by_the_last_checkpoint_in_its_own_fi
       f'{last}) into results_test_{last}.json instead']
 
 
+def test_a_stage_1_checkpoint_is_ranked_without_the_untrained_ca_terms(stage1_run, tmp_path):
+  """Sim_TI's CA weights follow the chosen checkpoint: stage 1 trains no CA head."""
+  config = _copy_of(stage1_run, tmp_path)
+  evaluate.evaluate_workdir(config, str(tmp_path))
+  with open(tmp_path / 'results.json') as f:
+    results = json.load(f)
+  assert results['evaluated'].startswith('the best checkpoint on val') and results['stage'] == 1
+  assert (results['lambda1'], results['lambda2']) == (0.0, 0.0)
+  assert similarity_lib.sim_ti_weights(config) == (0.5, 0.5)  # a stage-2 checkpoint's
+
+
 _EVAL_STAGE1_RUN = """
 import sys
 sys.path.insert(0, {root!r})
@@ -373,7 +385,8 @@ def test_eval_from_checkpoint_in_a_fresh_process_on_two_devices(tiny_dataset, tm
   with open(tmp_path / 'results.json') as f:
     saved = json.load(f)
   assert set(saved) >= {'R1', 'R5', 'R10', 'mAP', 'mINP', 'rerank', 'image_to_text'}
-  assert (saved['lambda1'], saved['lambda2']) == (0.5, 0.5)  # Sim_TI's weights, as used
+  # Sim_TI's weights, as used: a stage-1 checkpoint's CA heads are untrained
+  assert (saved['lambda1'], saved['lambda2']) == {1: (0, 0), 2: (0.5, 0.5)}[saved['stage']]
   script = _EVAL.format(root=ROOT, data_dir=config.data.data_dir, workdir=str(tmp_path))
   out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, cwd=ROOT,
                        env=os.environ | {'JAX_NUM_CPU_DEVICES': '2'}, timeout=600)

@@ -68,6 +68,7 @@ def test_a_misspelled_override_is_rejected(monkeypatch):
 def test_two_row_sweep_end_to_end(tiny_dataset, tmp_path, monkeypatch):
   config = tiny_train_config(tiny_dataset[0])
   config.train.stage2_epochs = 1
+  config.eval.lambda1 = config.eval.lambda2 = 0.5  # as set, whichever stage val chooses
   monkeypatch.setitem(SWEEPS, 'tiny', [('DSSL', {}), ('no SDM', {'model.sdm': False})])
   rows = sweep_lib.run_sweep(config, 'configs/synthetic.py', 'tiny', str(tmp_path))
   assert list(rows) == ['DSSL', 'no SDM']
