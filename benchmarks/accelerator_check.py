@@ -36,7 +36,7 @@ import optax
 
 from benchmarks import reference_models
 from benchmarks.timing import median_seconds
-from configs import cuhk, cuhk_clip
+from dssl_jax.configs import cuhk, cuhk_clip
 from dssl_jax import cli, evaluate, train
 from dssl_jax import state as state_lib
 from dssl_jax.data import formats

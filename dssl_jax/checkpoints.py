@@ -9,6 +9,10 @@ import dataclasses
 import itertools
 import json
 import os
+import sys
+import tempfile
+import time
+import traceback
 from typing import Callable
 
 from absl import logging
@@ -24,6 +28,7 @@ from dssl_jax.data import formats
 from dssl_jax.errors import UserError
 
 META_FILE = 'vocabulary.json'  # the dataset meta a workdir needs for inference without data
+READ_LOG = 'checkpoint_reads.log'  # in the workdir: what failed reads raised and printed
 # What a workdir's run is: a changed field here (or under it) would leave the checkpoints or the
 # resume position wrong, so a rerun into the same workdir with it is refused. The pre-trained
 # weights only start a run (an evaluation names none): they are not part of it.
@@ -158,28 +163,35 @@ def newest_readable(checkpoints: ocp.CheckpointManager, read: Callable, items=ST
   the files', not a model that differs), is moved aside into DIRECTORY.unreadable/STEP, never
   deleted, with one warning line: a truncated copy or a full disk must not stop every rerun.
   """
-  for step in sorted(checkpoints.all_steps(), reverse=True):
-    try:
-      with orbax_quiet():
-        return read(step)
-    except Exception:  # pylint: disable=broad-except
-      if _reads_without_target(checkpoints, step, items):
-        raise  # the files are fine: the caller reports the mismatch
-    aside = epath.Path(f'{checkpoints.directory}.unreadable') / str(step)
-    for n in itertools.count(1):  # an earlier run's step of the same number may be there
-      if not aside.exists():
+  log, found, moved = checkpoints.directory.parent / READ_LOG, None, []
+  with stderr_into(log) as wait_until_quiet:
+    for step in sorted(checkpoints.all_steps(), reverse=True):
+      try:
+        with orbax_quiet():
+          found = read(step)
         break
-      aside = aside.with_name(f'{step}-{n}')
-    if jax.process_index() == 0:
-      aside.parent.mkdir(parents=True, exist_ok=True)
-      (checkpoints.directory / str(step)).rename(aside)
-      logging.warning('checkpoint %s is unreadable (truncated or corrupt files): moved to %s',
-                      checkpoints.directory / str(step), aside)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f'moved aside {checkpoints.directory}/{step}')
-    with orbax_quiet():
-      checkpoints.reload()
-  return None
+      except Exception:  # pylint: disable=broad-except
+        traceback.print_exc()  # into the log
+        if _reads_without_target(checkpoints, step, items):
+          raise  # the files are fine: the caller reports the mismatch
+      aside = epath.Path(f'{checkpoints.directory}.unreadable') / str(step)
+      for n in itertools.count(1):  # an earlier run's step of the same number may be there
+        if not aside.exists():
+          break
+        aside = aside.with_name(f'{step}-{n}')
+      if jax.process_index() == 0:
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        (checkpoints.directory / str(step)).rename(aside)
+        moved.append((step, aside))
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f'moved aside {checkpoints.directory}/{step}')
+      with orbax_quiet():
+        checkpoints.reload()
+      wait_until_quiet()  # the failed read's threads print for a while after it raised
+  for step, aside in moved:
+    logging.warning('checkpoint %s is unreadable (truncated or corrupt files): moved to %s '
+                    '(what the read raised: %s)', checkpoints.directory / str(step), aside, log)
+  return found
 
 
 def _reads_without_target(checkpoints, step, items) -> bool:
@@ -192,6 +204,38 @@ def _reads_without_target(checkpoints, step, items) -> bool:
   except Exception:  # pylint: disable=broad-except
     return False
   return True
+
+
+@contextlib.contextmanager
+def stderr_into(log: epath.Path):
+  """Appends to `log` whatever is written to this process's stderr during the block, from Python
+  or C++, instead of the terminal: a corrupt checkpoint's read makes TensorStore's threads print
+  thousands of lines through asyncio, and one warning line should stand for them. No file without
+  output. Yields wait_until_quiet(): returns once nothing was printed for 0.2 s (at most 5 s)."""
+  sys.stderr.flush()
+  terminal = os.dup(2)
+  with tempfile.TemporaryFile() as captured, open(captured.fileno(), 'w', buffering=1,
+                                                  closefd=False) as python_stderr:
+    def wait_until_quiet(interval: float = 0.2, limit: float = 5.0):
+      size, deadline = -1, time.monotonic() + limit
+      while size != os.fstat(captured.fileno()).st_size and time.monotonic() < deadline:
+        size = os.fstat(captured.fileno()).st_size
+        time.sleep(interval)
+
+    os.dup2(captured.fileno(), 2)
+    try:
+      with contextlib.redirect_stderr(python_stderr):  # where sys.stderr is not fd 2
+        yield wait_until_quiet
+    finally:
+      python_stderr.flush()
+      sys.stderr.flush()
+      os.dup2(terminal, 2)
+      os.close(terminal)
+      captured.seek(0)
+      if text := captured.read():
+        with open(log, 'ab') as f:
+          f.write(f'--- {time.strftime("%Y-%m-%d %H:%M:%S")}, process '
+                  f'{jax.process_index()}:\n'.encode() + text)
 
 
 @contextlib.contextmanager

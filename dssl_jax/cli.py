@@ -4,6 +4,7 @@ Entry points define their own flags (so that `--help` shows them, and only them)
 TensorFlow after parsing (so that `--help` is quick).
 """
 import logging as std_logging
+import os
 import sys
 
 from absl import flags
@@ -15,9 +16,27 @@ def fail(message: str):
   sys.exit(1)
 
 
+SHIPPED_CONFIGS = os.path.join(os.path.dirname(__file__), 'configs')
+
+
+def config_file(value: str) -> str:
+  """A --config value as a file: a shipped config's name (`cuhk`, or `cuhk:argument`) is its file
+  in dssl_jax/configs, so that an installed package runs from any folder; a path stays as it is."""
+  name, colon, argument = value.partition(':')
+  shipped = os.path.join(SHIPPED_CONFIGS, f'{name}.py')
+  if name.isidentifier() and os.path.isfile(shipped):
+    return shipped + colon + argument
+  return value
+
+
 def parse_flags(argv):
-  """absl's parsing, with a bad --config.x=y (typo, wrong type) or a --config file that does not
-  load as one line instead of a trace."""
+  """absl's parsing, with --config NAME for a shipped config, and a bad --config.x=y (typo, wrong
+  type) or a --config file that does not load as one line instead of a trace."""
+  argv = [argv[0]] + [f'--config={config_file(a[9:])}' if a.startswith('--config=') else a
+                      for a in argv[1:]]
+  for i in range(1, len(argv) - 1):
+    if argv[i] == '--config':
+      argv[i + 1] = config_file(argv[i + 1])
   try:
     argv = flags.FLAGS(argv)
   except flags.Error as e:

@@ -10,18 +10,20 @@
 
 Images go through the test pipeline's decoding and resizing; sentences through the training
 vocabulary and the tagger the training phrases were made with. Defines no flag.
+
+Image arrays need neither TensorFlow nor nltk (`pip install dssl_jax`); image files need
+TensorFlow, and sentences nltk's chunker (`pip install 'dssl_jax[data]'`).
 """
 import functools
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from dssl_jax import checkpoints, evaluate, index as index_lib
 from dssl_jax import similarity as similarity_lib
 from dssl_jax import state as state_lib
-from dssl_jax.data import captions, pipeline
-from dssl_jax.data.images import check_image
+from dssl_jax.data import captions, clip_tokenizer, formats
+from dssl_jax.data import images as images_lib
 from dssl_jax.errors import UserError
 
 
@@ -68,35 +70,46 @@ class Retriever:
     """
     if not len(images):
       raise UserError('encode_images needs at least one image')
-    size, paths = self.config.data.image_size, []
     if all(isinstance(x, (str, os.PathLike)) for x in images):
-      paths = [os.fspath(x) for x in images]
-      for path in paths:
-        if not os.path.isfile(path):
-          raise UserError(f'{path}: no such image file')
-      ds = tf.data.Dataset.from_tensor_slices(paths).map(
-          lambda path: pipeline.decode_and_resize(tf.io.read_file(path), size),
-          num_parallel_calls=tf.data.AUTOTUNE)
+      features = self._encode_image_files([os.fspath(x) for x in images])
     else:
       for i, x in enumerate(images):
         if isinstance(x, (str, os.PathLike)) or np.ndim(x) != 3 or np.shape(x)[-1] != 3:
           raise UserError(f'image {i}: give all paths or all uint8 [H, W, 3] arrays, got '
                           f'{type(x).__name__} {np.shape(x) if np.ndim(x) else ""}'.strip())
-      ds = tf.data.Dataset.from_generator(
-          lambda: (np.asarray(x, np.uint8) for x in images),
-          output_signature=tf.TensorSpec((None, None, 3), tf.uint8)).map(
-              lambda image: pipeline.resize(image, size))
-    ds = ds.map(lambda image: {'image': pipeline.normalize(image), 'person_id': 0,
-                               'file_path': ''})
-    try:
+      size = self.config.data.image_size
+      resized = np.stack([images_lib.resize(x, size) for x in images])
+      batch = {'image': images_lib.normalize(resized), 'person_id': np.zeros(len(images), np.int32),
+               'file_path': np.full(len(images), b'', object)}
       features = self.encoder.gallery(
-          self.variables, pipeline.padded_batches(ds, self.config.eval.batch_size), len(images))
+          self.variables, formats.padded_batches_of(batch, self.config.eval.batch_size),
+          len(images))
+    return {k: features[k] for k in evaluate.GALLERY_FEATURES}
+
+  def _encode_image_files(self, paths: list[str]) -> dict:
+    """The test pipeline's decoding and resizing, in tf.data."""
+    for path in paths:
+      if not os.path.isfile(path):
+        raise UserError(f'{path}: no such image file')
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise UserError("image files are decoded by TensorFlow: pip install 'dssl_jax[data]', or "
+                      'pass uint8 arrays') from None
+    from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    size = self.config.data.image_size
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda path: {'image': pipeline.normalize(pipeline.decode_and_resize(
+            tf.io.read_file(path), size)), 'person_id': 0, 'file_path': ''},
+        num_parallel_calls=tf.data.AUTOTUNE)
+    try:
+      return self.encoder.gallery(
+          self.variables, pipeline.padded_batches(ds, self.config.eval.batch_size), len(paths))
     except tf.errors.OpError:  # TensorFlow names no file: find the one that does not decode
       for path in paths:
-        if problem := check_image(path):
+        if problem := images_lib.check_image(path):
           raise UserError(f'{path}: {problem}') from None
       raise
-    return {k: features[k] for k in evaluate.GALLERY_FEATURES}
 
   # ------------------------------------------------------------------ text
 
@@ -109,8 +122,8 @@ class Retriever:
         self.config.data.max_phrases)
 
   @functools.cached_property
-  def _clip_text(self) -> pipeline.ClipTextEncoder:
-    return pipeline.ClipTextEncoder(self.config)
+  def _clip_text(self) -> clip_tokenizer.ClipTextEncoder:
+    return clip_tokenizer.ClipTextEncoder(self.config)
 
   def unknown_words(self, text: str) -> list[str]:
     """The words of `text` outside the training vocabulary (encoded as unknown); CLIP's
@@ -141,7 +154,7 @@ class Retriever:
     else:
       batch = self._vocabulary_ids(texts, words)
     batch |= {'person_id': np.zeros(len(texts), np.int32), 'text': np.array(texts, object)}
-    features = self.encoder.queries(self.variables, pipeline.padded_batches_of(
+    features = self.encoder.queries(self.variables, formats.padded_batches_of(
         batch, self.config.eval.batch_size))
     return {k: features[k] for k in evaluate.QUERY_FEATURES}
 

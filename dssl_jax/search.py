@@ -4,6 +4,8 @@
   python -m dssl_jax.search query --workdir W [--index IDX] "a man in a black jacket" [--top K]
   python -m dssl_jax.search recall --workdir W [--index IDX] --queries_file F [--top K]
 
+Installed, `dssl-jax-search` is the same command.
+
 `index` encodes every jpg/png under DIR (resized like the test pipeline); rerunning encodes only
 new or changed files. `query` ranks the index for each sentence in two stages (cos(V_P, T_P) over
 every image, then the full Sim_TI on the best `--candidates`; see dssl_jax/index.py); `--exact`
@@ -97,5 +99,10 @@ def main(argv):
     cli.fail(str(e))
 
 
-if __name__ == '__main__':
+def run():
+  """The console script `dssl-jax-search`."""
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == '__main__':
+  run()

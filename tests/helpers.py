@@ -10,8 +10,8 @@ import jax
 import ml_collections
 import pytest
 
-from configs import synthetic as synthetic_config
-from configs import synthetic_tiny
+from dssl_jax.configs import synthetic as synthetic_config
+from dssl_jax.configs import synthetic_tiny
 from dssl_jax.models import dssl
 
 

@@ -3,10 +3,11 @@ checkpoints are is refused in one line before anything is written."""
 import json
 import logging
 import os
+import sys
 
 import pytest
 
-from configs import synthetic
+from dssl_jax.configs import synthetic
 from dssl_jax import checkpoints, modes
 from dssl_jax.data.formats import DatasetMeta
 from dssl_jax.errors import UserError
@@ -89,3 +90,20 @@ def test_an_option_the_saved_config_predates_compares_as_its_default(workdir):
 
 def test_a_workdir_without_a_run_takes_any_config(tmp_path):
   checkpoints.check_workdir_config(str(tmp_path), synthetic.get_config())
+
+
+def test_stderr_into_keeps_what_a_read_prints_out_of_the_terminal(tmp_path, capfd):
+  """What TensorStore's C++ and Python's logging print while a checkpoint reads goes to the log,
+  after a header; nothing printed leaves no log; the terminal's stderr is back afterwards."""
+  log = tmp_path / checkpoints.READ_LOG
+  with checkpoints.stderr_into(log):
+    pass
+  assert not log.exists()
+  with checkpoints.stderr_into(log):
+    os.write(2, b'E tensorstore: corrupt chunk\n')  # as C++ writes it, under Python's stderr
+    print('RuntimeError: Event loop is closed', file=sys.stderr)
+  os.write(2, b'after\n')
+  assert capfd.readouterr().err == 'after\n'
+  header, *lines = log.read_text().splitlines()
+  assert header.startswith('--- ') and header.endswith('process 0:')
+  assert lines == ['E tensorstore: corrupt chunk', 'RuntimeError: Event loop is closed']

@@ -1,12 +1,14 @@
 """Every entry point's `--help` shows its own flags and nothing foreign; the user's entry points
 import jax and TensorFlow only after parsing (a quick `--help`); the library defines no flag;
-`--mode=config` prints the resolved config."""
+`--mode=config` prints the resolved config; `--config` takes a shipped config's name."""
 import os
 import re
 import subprocess
 import sys
 
 import pytest
+
+from dssl_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,8 +24,8 @@ ENTRY_POINTS = {  # module: (its flags, flags of other entry points that must no
 }
 
 
-def _run(*args):
-  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+def _run(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                         timeout=300, env=os.environ | {'PYTHONPATH': ROOT})
 
 
@@ -58,9 +60,9 @@ def test_the_library_defines_no_flag():
   assert out.stdout.strip() == '[]'
 
 
-def test_the_package_imports_neither_the_test_references_nor_the_configs():
-  """torch, torchvision and open_clip are test requirements; configs/ is not installed with the
-  package (old workdirs' defaults come from dssl_jax/defaults.py)."""
+def test_the_package_imports_neither_the_test_references_nor_the_configs_link():
+  """torch, torchvision and open_clip are test requirements; the repository's configs/ is a link
+  to dssl_jax/configs, which the package imports by that name (installed, there is no configs)."""
   pattern = re.compile(r'^\s*(import (torch|torchvision|open_clip|configs)\b|'
                        r'from (torch|torchvision|open_clip|configs)\b)', re.MULTILINE)
   found = []
@@ -71,6 +73,7 @@ def test_the_package_imports_neither_the_test_references_nor_the_configs():
           found += [f'{name}: {m.group(0).strip()}' for m in pattern.finditer(f.read())]
   assert found == []
   assert pattern.search('import torch\n') and pattern.search('  from configs import base\n')
+  assert not pattern.search('from dssl_jax.configs import base\n')
 
 
 def test_mode_config_prints_the_resolved_config():
@@ -79,6 +82,18 @@ def test_mode_config_prints_the_resolved_config():
   assert out.returncode == 0, out.stderr
   assert 'sdm_zero_ratio: 0.25' in out.stdout and 'batch_size: 16' in out.stdout
   assert 'depth: 18' in out.stdout and 'name: synthetic' in out.stdout  # the file's own values
+
+
+def test_config_takes_a_shipped_config_name_from_any_folder(tmp_path):
+  shipped = os.path.join(ROOT, 'dssl_jax', 'configs', 'synthetic_tiny.py')
+  assert cli.config_file('synthetic_tiny') == shipped
+  assert cli.config_file('synthetic_tiny:x') == shipped + ':x'  # get_config's argument
+  for kept in ('configs/synthetic_tiny.py', 'my_config', 'my_config.py', '../synthetic_tiny'):
+    assert cli.config_file(kept) == kept  # a path, or no shipped config of that name
+  for flag in (['--config', 'synthetic_tiny'], ['--config=synthetic_tiny']):
+    out = _run('-m', 'dssl_jax.main', *flag, '--mode=config', '--config.seed=3', cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert 'seed: 3' in out.stdout and 'embed_dim: 32' in out.stdout  # the tiny config's own
 
 
 API_ERROR = """

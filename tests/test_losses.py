@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import base, synthetic
+from dssl_jax.configs import base, synthetic
 from dssl_jax import losses
 from dssl_jax.models import dssl
 from dssl_jax.data.formats import random_batch

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from configs import synthetic
+from dssl_jax.configs import synthetic
 from dssl_jax import reports
 from dssl_jax.errors import UserError
 

@@ -1,7 +1,10 @@
 """Retriever: the README's Python example, run as written against a tiny trained workdir."""
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -59,6 +62,41 @@ def test_arrays_encode_as_their_files(trained, tmp_path):
     retriever.encode_images([arrays[0], np.zeros((4, 4))])
   with pytest.raises(UserError, match='list of at least one sentence'):
     retriever.encode_texts('a man in a coat')
+
+
+_WITHOUT_DATA_EXTRA = """
+import json, sys
+for name in ('tensorflow', 'tensorflow_datasets', 'nltk', 'clu'):
+  sys.modules[name] = None  # not installed: importing it fails
+import numpy as np
+from dssl_jax import Retriever
+retriever = Retriever.from_workdir({workdir!r})
+features = retriever.encode_images(list(np.load({arrays!r}).values()))
+print(json.dumps({{k: v.tolist() for k, v in features.items()}}))
+try:
+  retriever.encode_texts(['a man in a coat'])
+except Exception as e:
+  print(f'{{type(e).__name__}}: {{e}}')
+"""
+
+
+def test_arrays_encode_without_tensorflow_or_nltk(trained, tmp_path):
+  """What `pip install dssl_jax` (no data extra) gives: image arrays encode as they do with the
+  data extra; sentences say which extra they need."""
+  workdir, _, entries, raw = trained
+  arrays = [np.asarray(Image.open(os.path.join(raw, 'imgs', e['file_path'])).convert('RGB'))
+            for e in entries[:3]]
+  np.savez(tmp_path / 'arrays.npz', *arrays)
+  script = _WITHOUT_DATA_EXTRA.format(workdir=workdir, arrays=str(tmp_path / 'arrays.npz'))
+  out = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env=os.environ | {'PYTHONPATH': ROOT})
+  assert out.returncode == 0, out.stderr[-3000:]
+  features, error = out.stdout.strip().splitlines()[-2:]
+  want = Retriever.from_workdir(workdir).encode_images(arrays)
+  for k, v in json.loads(features).items():
+    np.testing.assert_allclose(v, want[k], rtol=1e-5, atol=1e-5)
+  assert error == ("UserError: noun phrases need nltk, which dssl_jax's data extra installs: "
+                   "pip install 'dssl_jax[data]'")
 
 
 def test_a_clip_model_encodes_queries_as_its_evaluation_does(tiny_dataset, bpe_path, tmp_path):

@@ -58,7 +58,7 @@ def test_similarity_in_chunks_is_sim_ti(chunk):
 
 
 def _config(**switches):
-  from configs import synthetic  # pylint: disable=g-import-not-at-top
+  from dssl_jax.configs import synthetic  # pylint: disable=g-import-not-at-top
   config = synthetic.get_config()
   for field, value in switches.items():
     section, name = field.split('__')

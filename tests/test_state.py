@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import base
+from dssl_jax.configs import base
 from dssl_jax import state as state_lib
 from dssl_jax.errors import UserError
 from tests.helpers import leaves

@@ -10,7 +10,6 @@ import re
 from typing import Iterable, Protocol, Sequence
 
 from absl import logging
-import nltk
 
 from dssl_jax.errors import UserError
 
@@ -26,6 +25,16 @@ INSTALL_PERCEPTRON = f'python -m nltk.downloader {PERCEPTRON_RESOURCE}'
 _WORD = re.compile(r'[a-z0-9]+')
 # `tokenize`'s words, and the punctuation that separates phrases as tokens of its own.
 _WORD_OR_PUNCTUATION = re.compile(r'[a-z0-9]+|[,.;:!?()]')
+
+
+def _nltk():
+  """nltk, imported where phrases are made: the package installs and encodes images without it."""
+  try:
+    import nltk  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError("noun phrases need nltk, which dssl_jax's data extra installs: "
+                    "pip install 'dssl_jax[data]'") from None
+  return nltk
 
 
 class Tagger(Protocol):
@@ -82,12 +91,13 @@ _SUFFIX_RULES = [
 
 def lexicon_tagger() -> Tagger:
   """A download-free POS tagger: a lexicon of ~250 words, suffix rules, NN by default."""
+  nltk = _nltk()
   return nltk.UnigramTagger(model=_LEXICON, backoff=nltk.RegexpTagger(_SUFFIX_RULES))
 
 
 def perceptron_available() -> bool:
   try:
-    nltk.data.find(f'taggers/{PERCEPTRON_RESOURCE}/')
+    _nltk().data.find(f'taggers/{PERCEPTRON_RESOURCE}/')
     return True
   except LookupError:
     return False
@@ -112,7 +122,9 @@ def resolve_tagger(kind: str = 'auto') -> str:
 
 def make_tagger(kind: str = 'auto') -> Tagger:
   """kind: 'perceptron' (NLTK's, must be installed), 'lexicon', or 'auto' (the first that works)."""
-  return nltk.tag.PerceptronTagger() if resolve_tagger(kind) == 'perceptron' else lexicon_tagger()
+  if resolve_tagger(kind) == 'perceptron':
+    return _nltk().tag.PerceptronTagger()
+  return lexicon_tagger()
 
 
 class PhraseExtractor:
@@ -125,7 +137,7 @@ class PhraseExtractor:
   def __init__(self, tagger: Tagger, max_phrases: int = 26):
     self.tagger = tagger
     self.max_phrases = max_phrases
-    self.chunker = nltk.RegexpParser(NOUN_PHRASE_GRAMMAR)
+    self.chunker = _nltk().RegexpParser(NOUN_PHRASE_GRAMMAR)
 
   def __call__(self, text: str) -> list[list[str]]:
     tokens = tokenize_for_tagging(text)

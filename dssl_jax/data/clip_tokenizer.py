@@ -11,9 +11,11 @@ import gzip
 import html
 
 import ftfy
+import ml_collections
 import numpy as np
 import regex
 
+from dssl_jax.data import formats
 from dssl_jax.errors import UserError
 
 _MERGES = 49152 - 256 - 2  # the merges CLIP's vocabulary uses (the file holds more)
@@ -138,3 +140,26 @@ def _find(sequence: list[int], part: list[int], start: int) -> int:
     if sequence[i:i + len(part)] == part:
       return i
   return -1
+
+
+class ClipTextEncoder:
+  """A caption's token ids and its phrases' rows, as config.model.clip.phrases wants them, the
+  config checked against the tokenizer once."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    d, k = config.data, config.model.clip
+    self.tokenizer = ClipTokenizer(k.bpe_path)
+    if self.tokenizer.vocab_size != k.vocab_size:
+      raise UserError(f'config.model.clip.vocab_size is {k.vocab_size}, the tokenizer of '
+                      f'{k.bpe_path} has {self.tokenizer.vocab_size} ids')
+    for field in ('max_words', 'max_phrase_words'):
+      if d[field] > k.context:
+        raise UserError(f'config.data.{field} {d[field]} exceeds CLIP\'s context '
+                        f'(config.model.clip.context {k.context})')
+    self.shapes = ([d.max_words], [d.max_phrases, formats.phrase_length(config)])
+    self.arguments = (d.max_words, d.max_phrases, d.max_phrase_words, k.phrases)
+
+  def encode(self, text: str, phrases: list[str]) -> dict:
+    tokens, phrase_ids, phrase_mask = self.tokenizer.caption(text, phrases, *self.arguments)
+    return {'tokens': tokens, 'token_mask': tokens != 0, 'phrases': phrase_ids,
+            'phrase_mask': phrase_mask}

@@ -2,6 +2,7 @@
 layout, and random batches of the train format (benchmarks and tests build a model and its step
 from these alone, where TensorFlow is not installed)."""
 import dataclasses
+from typing import Iterator
 
 import ml_collections
 import numpy as np
@@ -66,3 +67,20 @@ def random_eval_batch(config, vocab_size: int, num_classes: int, batch_size: int
   return random_batch(config, vocab_size, num_classes, batch_size, seed) | {
       'valid': np.ones(batch_size, bool), 'person_id': np.arange(batch_size),
       'file_path': np.full(batch_size, b'x.jpg', object), 'text': np.full(batch_size, b'x', object)}
+
+
+def pad_batch(batch: dict, batch_size: int) -> dict:
+  """A fixed-shape batch (for jit): short batches repeat their last entry; `valid` marks the
+  real entries."""
+  n = len(next(iter(batch.values())))
+  padded = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)])
+            for k, v in batch.items()}
+  padded['valid'] = np.arange(batch_size) < n
+  return padded
+
+
+def padded_batches_of(arrays: dict, batch_size: int) -> Iterator[dict]:
+  """`pad_batch`es of numpy arrays already in memory."""
+  count = len(next(iter(arrays.values())))
+  for start in range(0, count, batch_size):
+    yield pad_batch({k: v[start:start + batch_size] for k, v in arrays.items()}, batch_size)

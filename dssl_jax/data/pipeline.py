@@ -17,15 +17,13 @@ from dssl_jax.data import clip_tokenizer
 from dssl_jax.data.builders.person_text import PHRASE_SEPARATOR
 from dssl_jax.data import formats
 from dssl_jax.data.formats import DatasetMeta
+from dssl_jax.data.images import IMAGENET_MEAN, IMAGENET_STD
 from dssl_jax.errors import UserError
 
 try:  # tf.data only: leave every accelerator to JAX
   tf.config.set_visible_devices([], 'GPU')
 except RuntimeError:  # TensorFlow was initialised before this import; its placement stands
   pass
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's weights were trained with
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 AUGMENTATIONS = ('flip', 'crop', 'erase')  # applied in this order, whatever config.data.augment's
 CROP_PADDING = 10  # pixels of black border before the random crop back to the input size
@@ -80,27 +78,9 @@ class TextEncoder:
             'phrase_mask': phrase_mask}
 
 
-class ClipTextEncoder:
+class ClipTextEncoder(clip_tokenizer.ClipTextEncoder):
   """The same from the raw text and the phrases, with CLIP's tokenizer (a numpy function in the
-  graph: BPE has no TF ops); phrase rows as config.model.clip.phrases wants them."""
-
-  def __init__(self, config: ml_collections.ConfigDict):
-    d, k = config.data, config.model.clip
-    self.tokenizer = clip_tokenizer.ClipTokenizer(k.bpe_path)
-    if self.tokenizer.vocab_size != k.vocab_size:
-      raise UserError(f'config.model.clip.vocab_size is {k.vocab_size}, the tokenizer of '
-                      f'{k.bpe_path} has {self.tokenizer.vocab_size} ids')
-    for field in ('max_words', 'max_phrase_words'):
-      if d[field] > k.context:
-        raise UserError(f'config.data.{field} {d[field]} exceeds CLIP\'s context '
-                        f'(config.model.clip.context {k.context})')
-    self.shapes = ([d.max_words], [d.max_phrases, formats.phrase_length(config)])
-    self.arguments = (d.max_words, d.max_phrases, d.max_phrase_words, k.phrases)
-
-  def encode(self, text: str, phrases: list[str]) -> dict:
-    tokens, phrase_ids, phrase_mask = self.tokenizer.caption(text, phrases, *self.arguments)
-    return {'tokens': tokens, 'token_mask': tokens != 0, 'phrases': phrase_ids,
-            'phrase_mask': phrase_mask}
+  graph: BPE has no TF ops)."""
 
   def __call__(self, caption: dict) -> dict:
     def encode(text, phrases):
@@ -265,26 +245,9 @@ class TrainInput:
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def pad_batch(batch: dict, batch_size: int) -> dict:
-  """A fixed-shape batch (for jit): short batches repeat their last entry; `valid` marks the
-  real entries."""
-  n = len(next(iter(batch.values())))
-  padded = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)])
-            for k, v in batch.items()}
-  padded['valid'] = np.arange(batch_size) < n
-  return padded
-
-
 def padded_batches(ds: tf.data.Dataset, batch_size: int) -> Iterator[dict]:
   for batch in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-    yield pad_batch(batch, batch_size)
-
-
-def padded_batches_of(arrays: dict, batch_size: int) -> Iterator[dict]:
-  """The same from numpy arrays already in memory."""
-  count = len(next(iter(arrays.values())))
-  for start in range(0, count, batch_size):
-    yield pad_batch({k: v[start:start + batch_size] for k, v in arrays.items()}, batch_size)
+    yield formats.pad_batch(batch, batch_size)
 
 
 def gallery(config, split: str, process_index: int = 0, process_count: int = 1):

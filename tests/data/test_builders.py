@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import base
+from dssl_jax.configs import base
 from dssl_jax.data import builders, captions, pipeline
 from dssl_jax.data.builders import annotations
 from dssl_jax.errors import UserError
@@ -166,7 +166,7 @@ def test_unbuilt_dataset_and_changed_build_options_are_reported(tmp_path):
 def test_a_dataset_written_from_the_readme_schema_alone_trains_and_tests(tmp_path):
   """README, "Your own dataset": 3 people in reid_raw.json + imgs/, through configs/cuhk.py with
   a data_dir of its own. No val entries: the last checkpoint is tested."""
-  from configs import cuhk  # pylint: disable=g-import-not-at-top
+  from dssl_jax.configs import cuhk  # pylint: disable=g-import-not-at-top
   from dssl_jax import modes  # pylint: disable=g-import-not-at-top
   from tests.helpers import tiny_train_config  # pylint: disable=g-import-not-at-top
   raw, rng = tmp_path / 'mine', np.random.default_rng(0)

@@ -5,7 +5,7 @@ images, 80,412 captions), split 11,003 / 1,000 / 1,000 identities as CUHK-PEDES 
 the embedded default's small one; images are decoded per epoch as for the real datasets. Used by
 docs/benchmarks.md's rehearsal commands (benchmarks.benchmark --what prepare,input,test_eval).
 """
-from configs import synthetic
+from dssl_jax.configs import synthetic
 
 
 def get_config():

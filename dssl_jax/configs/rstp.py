@@ -1,11 +1,11 @@
-"""CUHK-PEDES with the paper's settings.
+"""RSTPReid with the paper's settings.
 
 The paper names no augmentation: training flips only (base config.data.augment = ('flip',)).
 """
-from configs import base
+from dssl_jax.configs import base
 
 
 def get_config():
   config = base.get_config()
-  config.data.name = 'cuhk_pedes'
+  config.data.name = 'rstp_reid'
   return config

@@ -1,5 +1,5 @@
 """RSTPReid on CLIP ViT-B/16, with IRRA's schedule (see configs/cuhk_clip.py)."""
-from configs import cuhk_clip
+from dssl_jax.configs import cuhk_clip
 
 
 def get_config():

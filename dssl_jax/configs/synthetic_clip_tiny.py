@@ -1,7 +1,7 @@
 """The CLIP backbone on the embedded synthetic data: a CLIP-shaped model of 2 narrow layers per
 encoder, from random weights (so no lower rate for the encoders), warm-up and cosine. Pass the
 tokenizer's merges: --config.model.clip.bpe_path=.../open_clip/bpe_simple_vocab_16e6.txt.gz."""
-from configs import synthetic
+from dssl_jax.configs import synthetic
 
 
 def get_config():

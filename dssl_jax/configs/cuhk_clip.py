@@ -8,7 +8,7 @@ without weight decay, weight decay 4e-5 elsewhere, 5 warm-up epochs from 0.1x, t
 DSSL's stage 1 (heads only, encoders frozen) stays, shortened to 5 epochs; IRRA's 60 epochs are
 stage 2.
 """
-from configs import base
+from dssl_jax.configs import base
 
 
 def get_config():

@@ -1,11 +1,11 @@
-"""ICFG-PEDES (no val split: the last checkpoint is the one evaluated).
+"""CUHK-PEDES with the paper's settings.
 
 The paper names no augmentation: training flips only (base config.data.augment = ('flip',)).
 """
-from configs import base
+from dssl_jax.configs import base
 
 
 def get_config():
   config = base.get_config()
-  config.data.name = 'icfg_pedes'
+  config.data.name = 'cuhk_pedes'
   return config

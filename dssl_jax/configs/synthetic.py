@@ -1,5 +1,5 @@
 """The embedded default: generated data, small images and model, trains on 2 CPU cores in minutes."""
-from configs import base
+from dssl_jax.configs import base
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """A smoke test: 30 generated identities, a tiny model, 3 epochs; trains and tests in a minute or
 two on a CPU. For trying a set-up (launch/local.sh, a new machine), not for figures."""
-from configs import synthetic
+from dssl_jax.configs import synthetic
 
 
 def get_config():

@@ -1,0 +1,1 @@
+"""DSSL's networks: the backbones, the text encoder, the heads of section 3, and the whole model."""
