@@ -150,7 +150,7 @@ def train_step_and_state(config, batch: int) -> tuple:
   mesh = state_lib.make_mesh()
   state = state_lib.start_stage(state_lib.create_train_state(config, model, mesh), config, 2, mesh)
   return (lambda mesh: train.make_train_step(config, model, 2, 1000, mesh), state,
-          formats.random_batch(config, VOCAB, CLASSES, batch))
+          formats.random_train_batch(config, VOCAB, CLASSES, batch))
 
 
 def backbone_step_and_state(config, batch: int) -> tuple:

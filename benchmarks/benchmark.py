@@ -13,8 +13,9 @@ and query encoding rates; eval: those, and Sim_TI on random features of CUHK-PED
 ranking: metrics, the texts' nearest neighbours (a [Q, Q] matmul), re-ranking + its metrics and
 image-to-text metrics of a random similarity matrix (--gallery x --queries): time, and peak memory
 beyond the matrix.
-input: the tf.data train pipeline alone (needs the built dataset). search: query latency on a
-random index, two stages and exact. prepare: generating (synthetic) and building the config's
+input: the train pipeline alone, per path (decoded images in memory, on disk, or decoded each
+epoch; augmented in the step or in tf.data), with the bytes and host-to-device copy of a batch
+(needs the built dataset). search: query latency on a random index, two stages and exact. prepare: generating (synthetic) and building the config's
 dataset. test_eval: the final evaluation of the built dataset's test split with a random model.
 Warm-up excluded; medians. Set JAX_NUM_CPU_DEVICES=N to time N virtual CPU devices. peak_rss_gb
 is the process's: run one --what per command to read it per stage. train, eval_encode, eval and
@@ -66,7 +67,10 @@ flags.DEFINE_integer('candidates', 1000, 'Images per query that the first search
 flags.DEFINE_string('scratch', None, 'Folder for the temporary --what=search index.')
 flags.DEFINE_integer('batches', 0, 'Batches per timed pass of --what=input (0: one epoch).')
 flags.DEFINE_list('input_threads', ['1', '2'], 'Threads of the --what=input passes, one pass '
-                  'each (0: tf.data\'s pool over every core).')
+                  'each.')
+flags.DEFINE_list('input_paths', ['memory', 'disk', 'none', 'host_memory', 'host_none'],
+                  'Train input paths of --what=input: cache_decoded memory, disk or none (uint8, '
+                  'augmented in the step); host_memory, host_none (augmented in tf.data).')
 FLAGS = flags.FLAGS
 
 
@@ -90,7 +94,7 @@ def bench_train(config, batch_size: int, reps: int):
   data_config = config.data
   variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
   batch = train.global_batch(
-      formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size), mesh)
+      formats.random_train_batch(config, FLAGS.vocab, FLAGS.classes, batch_size), mesh)
   params = sum(x.size for x in jax.tree.leaves(variables['params']))
   for stage in (1, 2):
     tx = state_lib.make_optimizer(config, stage, steps_per_epoch=1000)
@@ -234,26 +238,47 @@ def bench_ranking(config):
   _emit(record)
 
 
-def bench_input(config, reps: int, batches: int, threads: list[int]):
-  """The train pipeline alone (decode, resize, augmentation, tokens and phrases) over `batches`
-  batches (0: one epoch), on each of `threads` threads (config.data.input_threads; 0: tf.data's
-  pool over every core)."""
+def _input_pass(train_input, batches: int, reps: int) -> tuple[int, dict, float]:
+  """(pairs, last batch, median seconds) of a pass over `batches` batches (0: one epoch)."""
+  passes = []
+
+  def one_pass():
+    pairs, batch = 0, None
+    for batch in itertools.islice(train_input.epoch(len(passes)), batches or None):
+      pairs += len(batch['image'])
+    passes.append((pairs, batch))
+  seconds = median_seconds(one_pass, reps)
+  return *passes[-1], seconds
+
+
+def bench_input(config, reps: int, batches: int, threads: list[int], paths: list[str]):
+  """The train pipeline alone, for each of `paths` on each of `threads` threads
+  (config.data.input_threads; 0: tf.data's pool over every core). Paths: 'memory', 'disk', 'none'
+  (TrainInput's uint8 batches from config.data.cache_decoded's places); 'host_memory',
+  'host_none' (HostAugmentedInput: augmented, normalized float32 from tf.data). Also a batch's
+  bytes and its host-to-device copy (train.global_batch); the once-per-dataset setup (decoding,
+  caption ids) is timed apart."""
   from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  meta = pipeline.dataset_meta(config.data)
-  for n in threads:
-    config = config.copy_and_resolve_references()
-    config.data.input_threads = n
-    train_input = pipeline.TrainInput(config, meta)
-    counts = []
-    def one_pass():
-      stream = itertools.islice(train_input.epoch(len(counts)), batches or None)
-      counts.append(sum(len(b['image']) for b in stream))  # pylint: disable=cell-var-from-loop
-    seconds = median_seconds(one_pass, reps)
+  meta, mesh = pipeline.dataset_meta(config.data), state_lib.make_mesh()
+  for path, n in itertools.product(paths, threads):
+    run = config.copy_and_resolve_references()
+    run.data.input_threads = n
+    host = path.startswith('host_')
+    run.data.augment_on, run.data.cache_decoded = ('host', path[5:]) if host else ('device', path)
+    start = time.perf_counter()
+    train_input = pipeline.train_input(run, meta)
+    setup_s = time.perf_counter() - start
+    pairs, batch, seconds = _input_pass(train_input, batches, reps)
+    copy_s = median_seconds(lambda b=batch: jax.block_until_ready(train.global_batch(b, mesh)), 10)
     cores = n or os.cpu_count()
-    _emit({'what': 'input', 'image_size': list(config.data.image_size),
-           'augment': list(config.data.augment), 'cache_decoded': config.data.cache_decoded,
-           'threads': cores, 'images': counts[-1], 'images_per_s': round(counts[-1] / seconds, 1),
-           'images_per_s_per_core': round(counts[-1] / seconds / cores, 1)})
+    _emit({'what': 'input', 'path': path, 'backbone': run.model.backbone,
+           'image_size': list(run.data.image_size), 'augment': list(run.data.augment),
+           'threads': cores, 'batch': len(batch['image']), 'pairs': pairs,
+           'pairs_per_s': round(pairs / seconds, 1),
+           'pairs_per_s_per_core': round(pairs / seconds / cores, 1),
+           'batch_bytes': sum(x.nbytes for x in batch.values()),
+           'image_bytes': batch['image'].nbytes // len(batch['image']),
+           'copy_ms_per_step': round(copy_s * 1e3, 3), 'setup_s': round(setup_s, 1)})
 
 
 def bench_prepare(config):
@@ -371,7 +396,8 @@ def main(argv):
       elif what == 'test_eval':
         bench_test_eval(config)
       else:
-        bench_input(config, FLAGS.reps, FLAGS.batches, [int(n) for n in FLAGS.input_threads])
+        bench_input(config, FLAGS.reps, FLAGS.batches, [int(n) for n in FLAGS.input_threads],
+                    FLAGS.input_paths)
   except UserError as error:
     cli.fail(str(error))
 

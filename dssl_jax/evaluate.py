@@ -19,6 +19,7 @@ from dssl_jax import checkpoints, rerank
 from dssl_jax import metrics as metrics_lib
 from dssl_jax import similarity as similarity_lib
 from dssl_jax import state as state_lib
+from dssl_jax.data import augment as augment_lib
 
 GALLERY_FEATURES = ('V_P', 'V_L')
 QUERY_FEATURES = ('T_P', 'T_L', 'phrase_valid')
@@ -51,6 +52,7 @@ class Encoder:
     self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
 
     def image_features(variables, images):
+      images = augment_lib.normalize(images) if images.dtype == jnp.uint8 else images
       if zero_shot:
         v = model.apply(variables, images, method=model.zero_shot_image)
         return {'V_P': v, 'V_L': v[:, None]}

@@ -79,7 +79,7 @@ class Retriever:
                           f'{type(x).__name__} {np.shape(x) if np.ndim(x) else ""}'.strip())
       size = self.config.data.image_size
       resized = np.stack([images_lib.resize(x, size) for x in images])
-      batch = {'image': images_lib.normalize(resized), 'person_id': np.zeros(len(images), np.int32),
+      batch = {'image': resized, 'person_id': np.zeros(len(images), np.int32),
                'file_path': np.full(len(images), b'', object)}
       features = self.encoder.gallery(
           self.variables, formats.padded_batches_of(batch, self.config.eval.batch_size),
@@ -99,8 +99,8 @@ class Retriever:
     from dssl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     size = self.config.data.image_size
     ds = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda path: {'image': pipeline.normalize(pipeline.decode_and_resize(
-            tf.io.read_file(path), size)), 'person_id': 0, 'file_path': ''},
+        lambda path: {'image': pipeline.decode_and_resize(tf.io.read_file(path), size),
+                      'person_id': 0, 'file_path': ''},
         num_parallel_calls=tf.data.AUTOTUNE)
     try:
       return self.encoder.gallery(

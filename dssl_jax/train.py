@@ -19,12 +19,14 @@ from typing import Callable
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from dssl_jax import checkpoints, evaluate, losses, plots, reports
 from dssl_jax import state as state_lib
+from dssl_jax.data import augment as augment_lib
 from dssl_jax.data import formats
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
@@ -37,6 +39,9 @@ def train_step(state: state_lib.TrainState, batch: dict, *, model, tx, lr_schedu
   """One update: the stage's loss (eq. 18 or 21), its gradient, Adam; metrics are scalars, the
   learning rate of this step among them."""
   rng = jax.random.fold_in(state.rng, state.step)
+  if batch['image'].dtype == jnp.uint8:  # config.data.augment_on='device': augmented here
+    batch = batch | {'image': augment_lib.train_images(
+        batch['image'], jax.random.fold_in(rng, 1), augment_lib.augmentations(config.data))}
 
   def loss_fn(params):
     features, updates = model.apply(
@@ -110,7 +115,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str) -> state_lib.T
   meta = pipeline.dataset_meta(config.data)
   checkpoints.save_workdir_files(workdir, config, meta)
   model, mesh = state_lib.make_model(config, meta), state_lib.make_mesh()
-  train_input = pipeline.TrainInput(config, meta, jax.process_index(), jax.process_count())
+  train_input = pipeline.train_input(config, meta, jax.process_index(), jax.process_count())
   steps_per_epoch = train_input.steps_per_epoch
   epochs = config.train.stage1_epochs + config.train.stage2_epochs
   log = reports.MetricLog(workdir, config)
@@ -149,9 +154,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str) -> state_lib.T
           reports.say(f'stage {stage} starts at epoch {epoch + 1}')
 
         # One epoch; resumed mid-epoch, the same order, skipping what was done.
-        batches = train_input.epoch(epoch)
-        for _ in range(step - epoch * steps_per_epoch):
-          next(batches)
+        batches = train_input.epoch(epoch, skip=step - epoch * steps_per_epoch)
         metrics = None
         for batch in batches:
           trace.before(step)

@@ -1,6 +1,7 @@
 """pyproject.toml: the wheel installs into a fresh venv without the data extra (no TensorFlow, TFDS
 or nltk, as on a GPU image) and works from a folder outside the repository."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -38,7 +39,12 @@ def _run(command: list, cwd, timeout: float = 900) -> subprocess.CompletedProces
 @pytest.mark.slow
 def test_the_wheel_installs_without_the_data_extra_and_runs_outside_the_repository(
     trained, tmp_path):
-  _run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', ROOT, '-w', tmp_path / 'wheel'],
+  source = tmp_path / 'source'  # setuptools writes build/ beside what it builds: not into ROOT
+  shutil.copytree(os.path.join(ROOT, 'dssl_jax'), source / 'dssl_jax',
+                  ignore=shutil.ignore_patterns('__pycache__'))
+  for name in ('pyproject.toml', 'README.md'):
+    shutil.copy(os.path.join(ROOT, name), source)
+  _run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', source, '-w', tmp_path / 'wheel'],
        tmp_path)
   [wheel] = os.listdir(tmp_path / 'wheel')
   _run([sys.executable, '-m', 'venv', tmp_path / 'venv'], tmp_path)

@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _model_mesh_input(config):
   meta = pipeline.dataset_meta(config.data)
   model, mesh = state_lib.make_model(config, meta), state_lib.make_mesh()
-  return model, mesh, pipeline.TrainInput(config, meta)
+  return model, mesh, pipeline.train_input(config, meta)
 
 
 def _saved_steps(folder) -> list[int]:
@@ -38,9 +38,9 @@ def _epochs_that(monkeypatch, config, change):
   """TrainInput.epoch yields change(global batch index, batch) instead of each batch."""
   steps_per_epoch = _model_mesh_input(config)[2].steps_per_epoch
   original = pipeline.TrainInput.epoch
-  def epoch(self, e):
-    for i, batch in enumerate(original(self, e)):
-      yield change(e * steps_per_epoch + i, batch)
+  def epoch(self, e, skip=0):
+    for i, batch in enumerate(original(self, e, skip)):
+      yield change(e * steps_per_epoch + skip + i, batch)
   monkeypatch.setattr(pipeline.TrainInput, 'epoch', epoch)
   return steps_per_epoch
 
@@ -131,8 +131,8 @@ def test_a_signal_during_the_final_evaluation_says_what_it_does(tmp_path, monkey
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path,
                                                                  monkeypatch):
   config = tiny_train_config(tiny_dataset[0])
-  _epochs_that(monkeypatch, config, lambda i, batch: batch | {
-      'image': np.full_like(batch['image'], np.nan)} if i >= 12 else batch)
+  _epochs_that(monkeypatch, config, lambda i, batch: batch | {  # float images, made NaN
+      'image': np.full(batch['image'].shape, np.nan, np.float32)} if i >= 12 else batch)
   with pytest.raises(UserError, match=r'non-finite loss at step (14|15|20).*step 10\) is kept'):
     train.run_training(config, str(tmp_path))
   assert _saved_steps(tmp_path / 'checkpoints')[-1] == 10
@@ -278,7 +278,7 @@ if 'SLURM_JOB_ID' in os.environ:  # one of N processes (tests/processes.py)
 config = tiny_train_config(tiny_config({data_dir!r}))
 meta = pipeline.dataset_meta(config.data)
 model, mesh = state_lib.make_model(config, meta), state_lib.make_mesh()
-train_input = pipeline.TrainInput(config, meta)
+train_input = pipeline.train_input(config, meta)
 state = state_lib.start_stage(state_lib.create_train_state(config, model, mesh), config, 2, mesh)
 step = train.make_train_step(config, model, 2, train_input.steps_per_epoch, mesh)
 rows = config.train.batch_size // jax.process_count()  # each process feeds its rows of ...

@@ -7,7 +7,7 @@ def get_config():
   config.data.name = 'synthetic'
   config.data.image_size = (192, 64)
   config.data.max_words = 40
-  config.data.cache_decoded = True
+  config.data.cache_decoded = 'memory'
   config.data.tagger = 'lexicon'  # no download: the templated captions use only words it knows
   # 350 train, 50 val and 300 test identities: a large test split, so that one run's R1 says more.
   config.data.synthetic.identities = 700

@@ -60,6 +60,16 @@ def random_batch(config, vocab_size: int, num_classes: int, batch_size: int, see
   }
 
 
+def random_train_batch(config, vocab_size: int, num_classes: int, batch_size: int,
+                       seed: int = 0) -> dict:
+  """random_batch as the train step receives it: uint8 images where the step augments and
+  normalizes them (config.data.augment_on='device', the default)."""
+  batch = random_batch(config, vocab_size, num_classes, batch_size, seed)
+  if config.data.get('augment_on', 'device') == 'device':
+    batch['image'] = np.random.default_rng(seed).integers(0, 256, batch['image'].shape, np.uint8)
+  return batch
+
+
 def random_eval_batch(config, vocab_size: int, num_classes: int, batch_size: int,
                       seed: int = 0) -> dict:
   """random_batch with what the evaluation Encoder also reads: every row valid, ids, and a path

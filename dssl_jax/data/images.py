@@ -1,6 +1,6 @@
 """Images outside tf.data, without TensorFlow: whether a file decodes (checked the same way where
 a dataset is built and where a folder is indexed for search), and the test pipeline's resizing
-and normalization of arrays in memory (the Retriever's)."""
+of arrays in memory (the Retriever's)."""
 import os
 
 import jax
@@ -29,7 +29,3 @@ def resize(image: np.ndarray, size) -> np.ndarray:
   resized = jax.image.resize(np.asarray(image, np.float32), (*size, 3), 'bilinear', antialias=True)
   return np.clip(np.round(np.asarray(resized)), 0, 255).astype(np.uint8)
 
-
-def normalize(images: np.ndarray) -> np.ndarray:
-  """uint8 images -> float32 in torchvision's normalization, as pipeline.normalize."""
-  return ((images.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)

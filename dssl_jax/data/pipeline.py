@@ -1,10 +1,19 @@
 """tf.data input: built dataset -> numpy batches, the same for every dataset.
 
-Train: (image, caption) pairs, shuffled, augmented (config.data.augment), normalized, a fixed
-number of batches per epoch on every process. Eval: a gallery (one entry per image) and queries
-(one per caption), in order, the last batch padded and marked by `valid`. Words become ids with
-the train vocabulary; sentences and phrases are padded, with masks (id 0 = padding, never a word).
+Train (`train_input`): (image, caption) pairs, shuffled, a fixed number of batches per epoch on
+every process. By default (config.data.augment_on='device') the images leave as uint8 at the train
+size, decoded once (config.data.cache_decoded), and the step augments and normalizes them
+(data/augment.py); each caption's ids are computed once per dataset and kept beside it. With
+'host', tf.data decodes, augments and normalizes each pair, as the project first did. Eval: a
+gallery (one uint8 image per entry) and queries (one per caption), in order, the last batch padded
+and marked by `valid`. Words become ids with the train vocabulary; sentences and phrases are
+padded, with masks (id 0 = padding, never a word).
 """
+import concurrent.futures
+import hashlib
+import json
+import os
+import time
 from typing import Iterator
 
 import ml_collections
@@ -12,11 +21,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from dssl_jax.data import augment as augment_lib
 from dssl_jax.data import builders
 from dssl_jax.data import clip_tokenizer
 from dssl_jax.data.builders.person_text import PHRASE_SEPARATOR
 from dssl_jax.data import formats
 from dssl_jax.data.formats import DatasetMeta
+from dssl_jax.data.augment import CROP_PADDING, ERASE_PROBABILITY, ERASE_RATIO, ERASE_SCALE
+from dssl_jax.data.augment import ERASE_TRIES
 from dssl_jax.data.images import IMAGENET_MEAN, IMAGENET_STD
 from dssl_jax.errors import UserError
 
@@ -24,14 +36,6 @@ try:  # tf.data only: leave every accelerator to JAX
   tf.config.set_visible_devices([], 'GPU')
 except RuntimeError:  # TensorFlow was initialised before this import; its placement stands
   pass
-
-AUGMENTATIONS = ('flip', 'crop', 'erase')  # applied in this order, whatever config.data.augment's
-CROP_PADDING = 10  # pixels of black border before the random crop back to the input size
-# Random erasing as the field's code bases use it (IRRA: torchvision's RandomErasing with
-# scale=(0.02, 0.4)): with probability 0.5, one rectangle of 2-40% of the image, aspect ratio
-# log-uniform in (0.3, 3.3), set to the mean pixel (0 after normalization); 10 tries to fit.
-ERASE_PROBABILITY, ERASE_SCALE, ERASE_RATIO, ERASE_TRIES = 0.5, (0.02, 0.4), (0.3, 3.3), 10
-
 
 def _builder(data: ml_collections.ConfigDict):
   builder = builders.get_builder(data)
@@ -120,16 +124,6 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
   return (image - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def augmentations(data: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """config.data.augment, checked: a tuple of AUGMENTATIONS' names."""
-  augment = tuple(data.augment)
-  unknown = [name for name in augment if name not in AUGMENTATIONS]
-  if unknown:
-    raise UserError(f'config.data.augment: {", ".join(map(repr, unknown))} unknown; choose from '
-                    f'{", ".join(AUGMENTATIONS)}')
-  return augment
-
-
 def random_crop(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """Pads CROP_PADDING black pixels on each side, then crops a random window of the input size."""
   padded = tf.pad(image, [[CROP_PADDING, CROP_PADDING], [CROP_PADDING, CROP_PADDING], [0, 0]])
@@ -186,42 +180,211 @@ def _load(config, split: str, process_index: int, process_count: int, shuffle: b
       read_config=tfds.ReadConfig(shuffle_seed=config.seed, try_autocache=False))
 
 
-class TrainInput:
-  """Per-epoch iterators over (image, caption) batches; epoch e always gives the same order.
+def train_input(config: ml_collections.ConfigDict, meta: DatasetMeta, process_index: int = 0,
+                process_count: int = 1):
+  """The train pairs as config.data.augment_on wants them: TrainInput (uint8, for the step's
+  augmentation) or HostAugmentedInput (normalized float, augmented here)."""
+  where = config.data.get('augment_on', 'device')
+  if where not in ('device', 'host'):
+    raise UserError(f"config.data.augment_on must be 'device' or 'host', got {where!r}")
+  kind = TrainInput if where == 'device' else HostAugmentedInput
+  return kind(config, meta, process_index, process_count)
 
-  Every process yields `steps_per_epoch` batches of `batch_size / process_count` pairs, so hosts
-  stay in step (their shards are repeated if a little short).
+
+def _batches_per_epoch(config, meta: DatasetMeta, process_count: int) -> tuple[int, int]:
+  """(pairs per process and batch, batches per epoch), the same on every process."""
+  if config.train.batch_size % process_count:
+    raise UserError(f'config.train.batch_size {config.train.batch_size} must divide evenly '
+                    f'over {process_count} processes')
+  steps = meta.kept['train']['captions'] // config.train.batch_size
+  if steps == 0:
+    raise UserError(f'the train split has {meta.kept["train"]["captions"]} captions, fewer than '
+                    f'config.train.batch_size {config.train.batch_size}')
+  return config.train.batch_size // process_count, steps
+
+
+class TrainInput:
+  """Per-epoch iterators over uint8 (image, caption) batches; epoch e always gives the same order.
+
+  The process's share of the train split is decoded once, at the train size (cache_decoded:
+  'memory', 'disk': a uint8 copy beside the TFDS data, written once; 'auto': memory when it fits
+  config.data.decoded_memory_gb, else disk; 'none': JPEGs kept in memory, decoded each epoch).
+  Every caption's ids are arrays computed once per dataset and stored beside it. An epoch is a
+  permutation of the process's pairs, cut into `steps_per_epoch` batches of `batch_size /
+  process_count` (repeated if a little short, so hosts stay in step); a batch is one gather.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, meta: DatasetMeta,
                process_index: int = 0, process_count: int = 1):
-    if config.train.batch_size % process_count:
-      raise UserError(f'config.train.batch_size {config.train.batch_size} must divide evenly '
-                      f'over {process_count} processes')
     self.config = config
-    self.local_batch = config.train.batch_size // process_count
-    self.steps_per_epoch = meta.kept['train']['captions'] // config.train.batch_size
-    if self.steps_per_epoch == 0:
-      raise UserError(f'the train split has {meta.kept["train"]["captions"]} captions, fewer than '
-                      f'config.train.batch_size {config.train.batch_size}')
+    self.local_batch, self.steps_per_epoch = _batches_per_epoch(config, meta, process_count)
+    augment_lib.augmentations(config.data)  # checked here, used by the step
+    builder = _builder(config.data)
+    split = tfds.split_for_jax_process('train', process_index=process_index,
+                                       process_count=process_count)
+    examples = builder.as_dataset(split=split, shuffle_files=False,
+                                  decoders={'image': tfds.decode.SkipDecoding()})
+    folder, shard = os.path.join(builder.data_dir, 'train_inputs'), (process_index, process_count)
+    self.captions = _caption_arrays(config, meta, examples, folder, shard)
+    count = int(examples.cardinality())
+    self.where = decoded_where(config, count)
+    self.images = self.jpegs = None
+    if self.where == 'none':
+      self.jpegs = tf.constant([ex['image'] for ex in examples.as_numpy_iterator()])
+    else:
+      self.images = _decoded_images(config, examples, count, self.where, folder, shard)
+
+  def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict]:
+    """Epoch `epoch`'s batches, from its `skip`th on (a resumed epoch)."""
+    rng = np.random.default_rng([self.config.seed, epoch])
+    order = np.resize(rng.permutation(len(self.captions['image'])),
+                      self.steps_per_epoch * self.local_batch)
+    chunks = order.reshape(self.steps_per_epoch, self.local_batch)[skip:]
+    texts = ({k: v[rows] for k, v in self.captions.items() if k != 'image'} for rows in chunks)
+    if self.jpegs is not None:
+      yield from self._decoding(chunks, texts)
+      return
+    threads = max(1, self.config.data.input_threads)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # gathers ahead of the step
+      pending = []
+      for rows, text in zip(chunks, texts):
+        pending.append(pool.submit(lambda r, t: t | {'image': self.images[
+            self.captions['image'][r]]}, rows, text))
+        if len(pending) > threads:
+          yield pending.pop(0).result()
+      for future in pending:
+        yield future.result()
+
+  def _decoding(self, chunks: np.ndarray, texts: Iterator[dict]) -> Iterator[dict]:
+    """cache_decoded='none': each batch's JPEGs decoded and resized in tf.data."""
+    size, jpegs = self.config.data.image_size, self.jpegs
+    ds = tf.data.Dataset.from_tensor_slices(self.captions['image'][chunks.reshape(-1)]).map(
+        lambda row: decode_and_resize(tf.gather(jpegs, row), size),
+        num_parallel_calls=tf.data.AUTOTUNE).batch(self.local_batch)
+    ds = _with_threads(ds, self.config.data.input_threads)
+    for images, text in zip(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator(), texts):
+      yield text | {'image': images}
+
+
+def decoded_where(config: ml_collections.ConfigDict, images: int) -> str:
+  """config.data.cache_decoded for `images` train images of this process: memory, disk or none
+  (True and False: memory and none, as older configs say it)."""
+  choice = config.data.cache_decoded
+  choice = {True: 'memory', False: 'none'}.get(choice, choice)
+  if choice == 'auto':
+    height, width = config.data.image_size
+    fits = images * height * width * 3 <= config.data.decoded_memory_gb * 2**30
+    return 'memory' if fits else 'disk'
+  if choice not in ('memory', 'disk', 'none'):
+    raise UserError("config.data.cache_decoded must be 'auto', 'memory', 'disk' or 'none', got "
+                    f'{choice!r}')
+  return choice
+
+
+def _key(*parts) -> str:
+  return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _caption_arrays(config, meta: DatasetMeta, examples: tf.data.Dataset, folder: str,
+                    shard: tuple[int, int]) -> dict:
+  """Per caption of the process's `shard` of the train split: its image's row, label, person id,
+  token and phrase ids with masks, computed once (CLIP's tokenizer is Python) into
+  FOLDER/captions_<key>.npz, so that the train pipeline runs no Python per example."""
+  d = config.data
+  text = {'backbone': config.model.backbone, 'lengths': [d.max_words, d.max_phrases,
+                                                         d.max_phrase_words]}
+  if config.model.backbone == 'clip':
+    with open(os.path.expanduser(config.model.clip.bpe_path), 'rb') as f:
+      text['clip'] = [hashlib.sha1(f.read()).hexdigest(), config.model.clip.to_dict()]
+  else:
+    text['vocabulary'] = hashlib.sha1('\n'.join(meta.vocabulary).encode()).hexdigest()
+  path = os.path.join(folder, f'captions_{_key(text, shard)}.npz')
+  if not os.path.exists(path):
+    encoder = _text_encoder(config, meta)
+    pairs = examples.enumerate().flat_map(
+        lambda row, ex: tf.data.Dataset.from_tensor_slices(ex['captions']).map(
+            lambda caption: {'image': tf.cast(row, tf.int32),
+                             'label': tf.cast(ex['label'], tf.int32),
+                             'person_id': tf.cast(ex['person_id'], tf.int32), **encoder(caption)}))
+    parts = list(pairs.batch(1024).prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    os.makedirs(folder, exist_ok=True)
+    with open(path + '.tmp', 'wb') as f:
+      np.savez(f, **arrays)
+    os.replace(path + '.tmp', path)
+  with np.load(path) as saved:
+    return dict(saved)
+
+
+def _decoded_images(config, examples: tf.data.Dataset, count: int, where: str, folder: str,
+                    shard: tuple[int, int]) -> np.ndarray:
+  """uint8 [count, H, W, 3]: decoded into memory, or read from FOLDER's copy (written once)."""
+  height, width = config.data.image_size
+  path = os.path.join(folder, f'images_{height}x{width}_{shard[0]}of{shard[1]}.npy')
+  if where == 'disk' and os.path.exists(path):
+    return np.load(path, mmap_mode='r')
+  print(f'decoding the {count} train images at {height}x{width} once, into '
+        + ('memory' if where == 'memory' else path), flush=True)
+  start = time.time()
+  if where == 'memory':
+    images = np.empty((count, height, width, 3), np.uint8)
+  else:
+    os.makedirs(folder, exist_ok=True)
+    images = np.lib.format.open_memmap(path + '.tmp', 'w+', np.uint8, (count, height, width, 3))
+  decoded = examples.map(lambda ex: decode_and_resize(ex['image'], (height, width)),
+                         num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+  row = 0
+  for batch in decoded.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+    images[row:row + len(batch)] = batch
+    row += len(batch)
+  print(f'decoded {count} images in {time.time() - start:.0f}s '
+        f'({count / max(time.time() - start, 1e-9):.0f} images/s)', flush=True)
+  if where == 'memory':
+    return images
+  images.flush()
+  del images
+  os.replace(path + '.tmp', path)
+  return np.load(path, mmap_mode='r')
+
+
+def _with_threads(ds: tf.data.Dataset, threads: int) -> tf.data.Dataset:
+  """A pool of its own, each op on one thread: the pipeline's cores (0: tf.data's own pool)."""
+  if threads:
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
+    ds = ds.with_options(options)
+  return ds
+
+
+class HostAugmentedInput:
+  """config.data.augment_on='host': tf.data decodes (or caches decoded), augments and normalizes
+  each pair, as the project first did; the reference the step's augmentation was checked against.
+  Epochs as TrainInput's, in another order."""
+
+  def __init__(self, config: ml_collections.ConfigDict, meta: DatasetMeta,
+               process_index: int = 0, process_count: int = 1):
+    self.config = config
+    self.local_batch, self.steps_per_epoch = _batches_per_epoch(config, meta, process_count)
     self.encoder = _text_encoder(config, meta)
-    self.augment = augmentations(config.data)
+    self.augment = augment_lib.augmentations(config.data)
+    self.cached = decoded_where(config, meta.kept['train']['images'] // process_count) == 'memory'
     data_config = config.data
     ds = _load(config, 'train', process_index, process_count, shuffle=True)
     ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label'],
                             'person_id': ex['person_id'], 'captions': ex['captions']})
-    if data_config.cache_decoded:
+    if self.cached:
       self._images = ds.map(lambda ex: ex | {'image': decode_and_resize(ex['image'],
                                                                         data_config.image_size)},
                             num_parallel_calls=tf.data.AUTOTUNE).cache()
     else:
       self._images = ds
 
-  def epoch(self, epoch: int) -> Iterator[dict]:
+  def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict]:
     data_config = self.config.data
     seed = self.config.seed * 100_003 + epoch
     ds = self._images.shuffle(data_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-    if not data_config.cache_decoded:
+    if not self.cached:
       ds = ds.map(lambda ex: ex | {'image': decode_and_resize(ex['image'], data_config.image_size)},
                   num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.flat_map(lambda ex: tf.data.Dataset.from_tensor_slices(ex['captions']).map(
@@ -236,12 +399,8 @@ class TrainInput:
 
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     ds = tf.data.Dataset.zip(ds, seeds).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(self.local_batch, drop_remainder=True).take(self.steps_per_epoch)
-    if data_config.input_threads:  # a pool of its own, each op on one thread: the pipeline's cores
-      options = tf.data.Options()
-      options.threading.private_threadpool_size = data_config.input_threads
-      options.threading.max_intra_op_parallelism = 1
-      ds = ds.with_options(options)
+    ds = ds.batch(self.local_batch, drop_remainder=True).take(self.steps_per_epoch).skip(skip)
+    ds = _with_threads(ds, data_config.input_threads)
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
@@ -251,10 +410,10 @@ def padded_batches(ds: tf.data.Dataset, batch_size: int) -> Iterator[dict]:
 
 
 def gallery(config, split: str, process_index: int = 0, process_count: int = 1):
-  """One entry per image of `split`: normalized image, person id, file path."""
+  """One entry per image of `split`: uint8 image (the Encoder normalizes), person id, file path."""
   d = config.data
   ds = _load(config, split, process_index, process_count, shuffle=False).map(
-      lambda ex: {'image': normalize(decode_and_resize(ex['image'], d.image_size)),
+      lambda ex: {'image': decode_and_resize(ex['image'], d.image_size),
                   'person_id': tf.cast(ex['person_id'], tf.int32), 'file_path': ex['file_path']},
       num_parallel_calls=tf.data.AUTOTUNE)
   return padded_batches(ds, config.eval.batch_size)

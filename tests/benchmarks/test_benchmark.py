@@ -68,15 +68,22 @@ def test_prepare_input_and_test_eval_figures_of_a_generated_dataset(tmp_path):
   data = [f'--config.data.data_dir={tmp_path}', '--config.data.synthetic.identities=12',
           '--config.data.synthetic.images_per_identity=2', '--config.data.synthetic.image_size=(96,32)',
           '--config.train.batch_size=4', '--config.eval.batch_size=8']
-  prepare, one, two, test = _bench('--what=prepare,input,test_eval', '--batches=3', '--reps=1',
-                                   '--input_threads=1,2', *data)
+  prepare, *inputs, test = _bench('--what=prepare,input,test_eval', '--batches=3', '--reps=1',
+                                  '--input_threads=1,2', *data)
   # 12 identities: 6 train, 1 val, 5 test (configs/synthetic.py), 2 images and 4 captions each.
   assert (prepare['images'], prepare['captions']) == (24, 48)
   assert prepare['generate_s'] > 0 and prepare['build_images_per_s'] > 0
-  for threads, batches in ((1, one), (2, two)):
-    assert (batches['threads'], batches['images']) == (threads, 12)
-    assert batches['images_per_s_per_core'] == pytest.approx(
-        batches['images_per_s'] / threads, abs=0.1)
+  paths = ('memory', 'disk', 'none', 'host_memory', 'host_none')
+  assert [(r['path'], r['threads']) for r in inputs] == [(p, n) for p in paths for n in (1, 2)]
+  for record in inputs:
+    assert (record['batch'], record['pairs']) == (4, 12)
+    assert record['pairs_per_s_per_core'] == pytest.approx(
+        record['pairs_per_s'] / record['threads'], abs=0.1)
+    # uint8 at the train size (64x32) to the device; the host path sends float32.
+    pixels = 64 * 32 * 3
+    assert record['image_bytes'] == pixels * (4 if record['path'].startswith('host') else 1)
+    assert record['batch_bytes'] > 4 * record['image_bytes'] and record['copy_ms_per_step'] > 0
+  assert list(tmp_path.glob('**/train_inputs/images_64x32_0of1.npy'))  # the disk path's copy
   assert (test['images'], test['queries']) == (10, 20)
   assert test['encode_images_s'] > 0 and test['total_s'] >= test['encode_images_s']
   out = _run('--what=prepare', *data)

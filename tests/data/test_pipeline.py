@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
 
+from dssl_jax.data import augment as augment_lib
 from dssl_jax.data import pipeline
 from dssl_jax.errors import UserError
 
 
 def _epoch(config, meta, epoch, **kwargs):
-  return list(pipeline.TrainInput(config, meta, **kwargs).epoch(epoch))
+  return list(pipeline.train_input(config, meta, **kwargs).epoch(epoch))
 
 
 def test_epochs_are_reproducible_and_differ(tiny_dataset):
@@ -29,8 +30,9 @@ def test_epochs_are_reproducible_and_differ(tiny_dataset):
 
 
 def _with_augment(config, augment):
+  """The host's tf.data augmentation (config.data.augment_on='host'), kept as the reference."""
   config = config.copy_and_resolve_references()
-  config.data.augment = augment
+  config.data.augment, config.data.augment_on = augment, 'host'
   return config
 
 
@@ -49,7 +51,7 @@ def test_flip_mirrors_some_images_and_nothing_else(tiny_dataset):
 def test_crop_is_a_window_of_the_image_padded_with_black(tiny_dataset):
   config, meta = tiny_dataset
   cropped, plain = _train_images(config, meta, ('crop',)), _train_images(config, meta, ())
-  pad = pipeline.CROP_PADDING
+  pad = augment_lib.CROP_PADDING
   black = -np.array(pipeline.IMAGENET_MEAN) / np.array(pipeline.IMAGENET_STD)
   offsets = []
   for c, p in zip(cropped, plain):
@@ -84,7 +86,7 @@ def test_erase_changes_pixels_only_inside_one_rectangle(tiny_dataset):
 
 def test_augmentations_are_seeded_and_train_only(tiny_dataset):
   config, meta = tiny_dataset
-  every = pipeline.AUGMENTATIONS
+  every = augment_lib.AUGMENTATIONS
   first, again = _train_images(config, meta, every), _train_images(config, meta, every)
   np.testing.assert_array_equal(first, again)
   other_seed = _with_augment(config, every)
@@ -98,7 +100,7 @@ def test_augmentations_are_seeded_and_train_only(tiny_dataset):
     for key in ('tokens', 'phrases'):
       np.testing.assert_array_equal(queries[0][key], queries[1][key])
   with pytest.raises(UserError, match="config.data.augment: 'mixup' unknown"):
-    pipeline.TrainInput(_with_augment(config, ('flip', 'mixup')), meta)
+    pipeline.train_input(_with_augment(config, ('flip', 'mixup')), meta)
 
 
 def test_process_shards_are_disjoint_and_complete(tiny_dataset):
@@ -130,6 +132,6 @@ def test_queries_and_gallery_carry_person_ids(tiny_dataset):
 def test_bad_batch_or_split_is_reported(tiny_dataset):
   config, meta = tiny_dataset
   with pytest.raises(UserError, match='must divide evenly over 3 processes'):
-    pipeline.TrainInput(config, meta, process_count=3)
+    pipeline.train_input(config, meta, process_count=3)
   with pytest.raises(UserError, match="'dev'"):
     next(pipeline.gallery(config, 'dev'))
