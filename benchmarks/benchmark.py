@@ -15,8 +15,9 @@ image-to-text metrics of a random similarity matrix (--gallery x --queries): tim
 beyond the matrix.
 input: the train pipeline alone, per path (decoded images in memory, on disk, or decoded each
 epoch; augmented in the step or in tf.data), with the bytes and host-to-device copy of a batch
-(needs the built dataset). search: query latency on a random index, two stages and exact. prepare: generating (synthetic) and building the config's
-dataset. test_eval: the final evaluation of the built dataset's test split with a random model.
+(needs the built dataset). search: query latency on a random index, two stages and exact.
+prepare: generating (synthetic) and building the config's dataset. test_eval: the final
+evaluation of the built dataset's test split with a random model.
 Warm-up excluded; medians. Set JAX_NUM_CPU_DEVICES=N to time N virtual CPU devices. peak_rss_gb
 is the process's: run one --what per command to read it per stage. train, eval_encode, eval and
 ranking need neither TensorFlow nor a dataset: they run where only jax, flax, optax, orbax,

@@ -230,7 +230,7 @@ class TrainInput:
     self.where = decoded_where(config, count)
     self.images = self.jpegs = None
     if self.where == 'none':
-      self.jpegs = tf.constant([ex['image'] for ex in examples.as_numpy_iterator()])
+      self.jpegs = np.array([ex['image'] for ex in examples.as_numpy_iterator()], object)
     else:
       self.images = _decoded_images(config, examples, count, self.where, folder, shard)
 
@@ -257,20 +257,18 @@ class TrainInput:
 
   def _decoding(self, chunks: np.ndarray, texts: Iterator[dict]) -> Iterator[dict]:
     """cache_decoded='none': each batch's JPEGs decoded and resized in tf.data."""
-    size, jpegs = self.config.data.image_size, self.jpegs
-    ds = tf.data.Dataset.from_tensor_slices(self.captions['image'][chunks.reshape(-1)]).map(
-        lambda row: decode_and_resize(tf.gather(jpegs, row), size),
-        num_parallel_calls=tf.data.AUTOTUNE).batch(self.local_batch)
+    size = self.config.data.image_size
+    ds = tf.data.Dataset.from_tensor_slices(self.jpegs[self.captions['image'][chunks.reshape(-1)]])
+    ds = ds.map(lambda jpeg: decode_and_resize(jpeg, size),
+                num_parallel_calls=tf.data.AUTOTUNE).batch(self.local_batch)
     ds = _with_threads(ds, self.config.data.input_threads)
     for images, text in zip(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator(), texts):
       yield text | {'image': images}
 
 
 def decoded_where(config: ml_collections.ConfigDict, images: int) -> str:
-  """config.data.cache_decoded for `images` train images of this process: memory, disk or none
-  (True and False: memory and none, as older configs say it)."""
+  """config.data.cache_decoded for `images` train images of this process: memory, disk or none."""
   choice = config.data.cache_decoded
-  choice = {True: 'memory', False: 'none'}.get(choice, choice)
   if choice == 'auto':
     height, width = config.data.image_size
     fits = images * height * width * 3 <= config.data.decoded_memory_gb * 2**30

@@ -135,3 +135,65 @@ def test_bad_batch_or_split_is_reported(tiny_dataset):
     pipeline.train_input(config, meta, process_count=3)
   with pytest.raises(UserError, match="'dev'"):
     next(pipeline.gallery(config, 'dev'))
+
+
+def _decoded(config, where, memory_gb=8.0):
+  config = config.copy_and_resolve_references()
+  config.data.cache_decoded, config.data.decoded_memory_gb = where, memory_gb
+  return config
+
+
+def _pairs(batches) -> list[tuple]:
+  """(label, tokens, phrases, uint8 image) of every pair, as bytes; float images un-normalized."""
+  out = []
+  for b in batches:
+    images = b['image']
+    if images.dtype != np.uint8:
+      images = np.round((images * pipeline.IMAGENET_STD + pipeline.IMAGENET_MEAN) * 255)
+    for i in range(len(images)):
+      out.append((int(b['label'][i]), b['tokens'][i].tobytes(), b['phrases'][i].tobytes(),
+                  images[i].astype(np.uint8).tobytes()))
+  return out
+
+
+def test_every_place_of_the_decoded_images_gives_the_same_pairs(tiny_dataset):
+  """Memory, the disk copy and decoding per batch: the same batches; each pair (image, caption
+  ids, label) one that the host's tf.data path also gives."""
+  config, meta = tiny_dataset
+  want = _epoch(_decoded(config, 'memory'), meta, 1)
+  for where in ('disk', 'none'):
+    for got, batch in zip(_epoch(_decoded(config, where), meta, 1), want, strict=True):
+      for key in batch:
+        np.testing.assert_array_equal(got[key], batch[key], err_msg=f'{where}: {key}')
+  host = set()
+  for epoch in range(5):  # each epoch leaves out a few pairs (whole batches only)
+    host.update(_pairs(_epoch(_with_augment(config, ()), meta, epoch)))
+  assert set(_pairs(want)) <= host
+
+
+def test_the_disk_copy_and_caption_ids_are_made_once_per_dataset(tiny_dataset, monkeypatch,
+                                                                   capsys):
+  config, meta = tiny_dataset
+  pipeline.train_input(_decoded(config, 'disk'), meta)
+  capsys.readouterr()
+
+  def no_text_encoder(*_):
+    raise AssertionError('caption ids computed again')
+  monkeypatch.setattr(pipeline, '_text_encoder', no_text_encoder)
+  again = pipeline.train_input(_decoded(config, 'auto', memory_gb=0), meta)
+  assert again.where == 'disk' and isinstance(again.images, np.memmap)
+  assert 'decoding' not in capsys.readouterr().out
+  longer = _decoded(config, 'disk')
+  longer.data.max_words += 1  # other caption ids: computed for this config
+  with pytest.raises(AssertionError, match='computed again'):
+    pipeline.train_input(longer, meta)
+
+
+def test_auto_decodes_into_memory_what_fits_the_budget(tiny_dataset):
+  config = _decoded(tiny_dataset[0], 'auto', memory_gb=1.0)
+  height, width = config.data.image_size
+  fits = 2**30 // (height * width * 3)
+  assert pipeline.decoded_where(config, fits) == 'memory'
+  assert pipeline.decoded_where(config, fits + 1) == 'disk'
+  with pytest.raises(UserError, match="cache_decoded must be 'auto'"):
+    pipeline.decoded_where(_decoded(config, 'gpu'), 10)
