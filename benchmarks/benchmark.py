@@ -4,7 +4,9 @@
   python -m benchmarks.benchmark --config configs/cuhk_clip.py --what train,clip_reference
 
 train: stage-1 and stage-2 step time on random data of the config's shapes (no dataset needed),
-compile time, FLOPs per step from XLA's cost analysis and the FLOP/s achieved. reference: the same
+compile time, FLOPs per step from XLA's cost analysis and the FLOP/s achieved. step_ops: executed
+ops and sequential loop iterations per step of DSSL's stage-2 step and of the plain ResNet's image
+step, counted on the compiled programs (benchmarks/hlo_ops.py). reference: the same
 plain model (ResNet + bi-GRU + ID and ranking losses, Adam) timed in JAX and in PyTorch
 (benchmarks/torch_reference.py, a child process), per branch and whole, with the ratio.
 clip_reference: the same for the CLIP encoders of config.model.clip (ID and contrastive losses,
@@ -48,11 +50,11 @@ from dssl_jax import state as state_lib
 from dssl_jax.data import formats
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
-from benchmarks import reference_models
+from benchmarks import hlo_ops, reference_models
 from benchmarks.timing import median_seconds, peak_megabytes
 
-WHAT = ('train', 'reference', 'clip_reference', 'eval', 'eval_encode', 'ranking', 'input', 'search',
-        'prepare', 'test_eval')
+WHAT = ('train', 'step_ops', 'reference', 'clip_reference', 'eval', 'eval_encode', 'ranking',
+        'input', 'search', 'prepare', 'test_eval')
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cuhk.py; override '
                                 'fields with --config.a.b=value.', lock_config=True)
 flags.DEFINE_list('what', ['train'], f'What to time, one or several of {",".join(WHAT)}.')
@@ -89,20 +91,24 @@ def _model(config):
   return dssl.DSSL(ml_collections.FrozenConfigDict(config.model), FLAGS.vocab, FLAGS.classes)
 
 
+def _state_and_step(config, model, variables, stage: int, mesh) -> tuple:
+  """A replicated train state of `variables` for `stage`, and its jitted step (not donating)."""
+  tx = state_lib.make_optimizer(config, stage, steps_per_epoch=1000)
+  state = jax.device_put(state_lib.TrainState(
+      jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
+      tx.init(variables['params']), jax.random.PRNGKey(1)), state_lib.replicated(mesh))
+  return state, train.make_train_step(config, model, stage, 1000, mesh, donate=False)
+
+
 def bench_train(config, batch_size: int, reps: int):
   model, mesh = _model(config), state_lib.make_mesh()
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   data_config = config.data
   variables = dssl.init_variables(model, jax.random.PRNGKey(0), config)
   batch = train.global_batch(
       formats.random_train_batch(config, FLAGS.vocab, FLAGS.classes, batch_size), mesh)
   params = sum(x.size for x in jax.tree.leaves(variables['params']))
   for stage in (1, 2):
-    tx = state_lib.make_optimizer(config, stage, steps_per_epoch=1000)
-    state = jax.device_put(state_lib.TrainState(
-        jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
-        tx.init(variables['params']), jax.random.PRNGKey(1)), replicated)
-    step = train.make_train_step(config, model, stage, 1000, mesh, donate=False)
+    state, step = _state_and_step(config, model, variables, stage, mesh)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
@@ -186,6 +192,30 @@ def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'
            'images_per_s': float(f'{batch_size / seconds:.4g}')})
     print(json.dumps(reference | {'jax_speed_vs_torch': round(reference['step_s'] / seconds, 2)}),
           flush=True)
+
+
+def bench_step_ops(config, batch_size: int):
+  """Executed ops and sequential loop iterations of one step (benchmarks/hlo_ops.py), counted on
+  the compiled programs of DSSL's stage-2 step and of the plain ResNet's image step."""
+  mesh = state_lib.make_mesh()
+  model = _model(config)
+  state, step = _state_and_step(config, model, dssl.init_variables(model, jax.random.PRNGKey(0),
+                                                                  config), 2, mesh)
+  batch = formats.random_train_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
+  programs = {'dssl_stage2': step.lower(state, train.global_batch(batch, mesh))}
+  reference = reference_models.ReferenceModel(ml_collections.FrozenConfigDict(config.model),
+                                              FLAGS.vocab, FLAGS.classes)
+  batch = formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
+  tx = optax.adam(2e-4)
+  variables = jax.jit(reference.init, static_argnums=2)(jax.random.PRNGKey(0), batch, 'image')
+  programs['reference_image'] = jax.jit(functools.partial(
+      reference_models.train_step, model=reference, tx=tx, batch=batch, part='image')).lower(
+          variables['params'], variables['batch_stats'], tx.init(variables['params']))
+  for name, lowered in programs.items():
+    _emit({'what': 'step_ops', 'step': name, 'batch': batch_size,
+           'image_size': list(config.data.image_size), 'backbone': _backbone_name(config.model),
+           'augment': list(config.data.augment), 'jax': jax.__version__,
+           **hlo_ops.count(lowered.compile().as_text())})
 
 
 def bench_eval_encode(config, batch_size: int, reps: int):
@@ -380,6 +410,8 @@ def main(argv):
     for what in FLAGS.what:
       if what == 'train':
         bench_train(config, batch, FLAGS.reps)
+      elif what == 'step_ops':
+        bench_step_ops(config, batch)
       elif what == 'reference':
         bench_reference(config, batch, FLAGS.reps)
       elif what == 'clip_reference':

@@ -56,6 +56,20 @@ def test_train_and_eval_figures_without_tensorflow():
     assert 0 < ranking[f'{stage}_peak_mb'] < ranking['similarity_mb'], stage
 
 
+@pytest.mark.slow
+def test_step_ops_counts_the_gru_loop_per_word():
+  """Two more words: 8 more loop iterations (2 directions, each step forward and backward)."""
+  counts = {}
+  for words in (10, 12):
+    dssl_step, reference = _bench('--what=step_ops', '--batch=4',
+                                  f'--config.data.max_words={words}')
+    assert (dssl_step['step'], reference['step']) == ('dssl_stage2', 'reference_image')
+    assert reference['loop_iterations'] == 0 and 0 < reference['ops'] < dssl_step['ops']
+    counts[words] = dssl_step
+  assert counts[12]['loop_iterations'] - counts[10]['loop_iterations'] == 8
+  assert counts[12]['ops'] > counts[10]['ops']
+
+
 def test_search_figures():
   record, _ = _bench('--what=search', '--index_size=300', '--candidates=50')
   assert (record['index_size'], record['candidates'], record['queries']) == (300, 50, 1)

@@ -183,6 +183,7 @@ def test_the_disk_copy_and_caption_ids_are_made_once_per_dataset(tiny_dataset, m
   again = pipeline.train_input(_decoded(config, 'auto', memory_gb=0), meta)
   assert again.where == 'disk' and isinstance(again.images, np.memmap)
   assert 'decoding' not in capsys.readouterr().out
+  assert len(list(again.epoch(0))) == again.steps_per_epoch  # no text encoding per epoch either
   longer = _decoded(config, 'disk')
   longer.data.max_words += 1  # other caption ids: computed for this config
   with pytest.raises(AssertionError, match='computed again'):
