@@ -142,6 +142,15 @@ def _torch_records(arguments: list[str]) -> dict:
   return {r['what']: r for r in map(json.loads, result.stdout.splitlines())}
 
 
+def _reference_step(model, batch: dict, part: str) -> tuple:
+  """(the lowered Adam step of a reference_models `model` on `part` of `batch`, its state)."""
+  tx = optax.adam(2e-4)
+  variables = jax.jit(model.init, static_argnums=2)(jax.random.PRNGKey(0), batch, part)
+  state = (variables['params'], variables.get('batch_stats', {}), tx.init(variables['params']))
+  return jax.jit(functools.partial(reference_models.train_step, model=model, tx=tx, batch=batch,
+                                   part=part)).lower(*state), state
+
+
 def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'):
   """The same model and step in JAX and PyTorch, per branch and whole: where the time goes.
   backbone 'clip': the CLIP encoders' step against open_clip's (--what=clip_reference)."""
@@ -178,12 +187,9 @@ def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'
                                             FLAGS.vocab, FLAGS.classes)
     batch = formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
   batch = jax.device_put(batch)
-  tx = optax.adam(2e-4)
   for part in parts:
-    variables = jax.jit(model.init, static_argnums=2)(jax.random.PRNGKey(0), batch, part)
-    state = (variables['params'], variables.get('batch_stats', {}), tx.init(variables['params']))
-    compiled = jax.jit(functools.partial(reference_models.train_step, model=model, tx=tx,
-                                         batch=batch, part=part)).lower(*state).compile()
+    lowered, state = _reference_step(model, batch, part)
+    compiled = lowered.compile()
     seconds = median_seconds(lambda: jax.block_until_ready(compiled(*state)), reps)
     reference = torch_records[f'reference_{part}']
     _emit({'what': f'reference_{part}', 'framework': f'jax {jax.__version__}',
@@ -205,12 +211,8 @@ def bench_step_ops(config, batch_size: int):
   programs = {'dssl_stage2': step.lower(state, train.global_batch(batch, mesh))}
   reference = reference_models.ReferenceModel(ml_collections.FrozenConfigDict(config.model),
                                               FLAGS.vocab, FLAGS.classes)
-  batch = formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
-  tx = optax.adam(2e-4)
-  variables = jax.jit(reference.init, static_argnums=2)(jax.random.PRNGKey(0), batch, 'image')
-  programs['reference_image'] = jax.jit(functools.partial(
-      reference_models.train_step, model=reference, tx=tx, batch=batch, part='image')).lower(
-          variables['params'], variables['batch_stats'], tx.init(variables['params']))
+  programs['reference_image'] = _reference_step(
+      reference, formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size), 'image')[0]
   for name, lowered in programs.items():
     _emit({'what': 'step_ops', 'step': name, 'batch': batch_size,
            'image_size': list(config.data.image_size), 'backbone': _backbone_name(config.model),

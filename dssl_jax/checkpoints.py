@@ -130,8 +130,9 @@ def evaluation_variables(config: ml_collections.ConfigDict, checkpoints: ocp.Che
                                               'batch_stats': stage2.batch_stats}),
           meta=ocp.args.JsonRestore()))), BEST_ITEMS)
       if found:
+        from dssl_jax import state as state_lib  # pylint: disable=g-import-not-at-top
         step, restored = found
-        stage = 1 if restored['meta']['epoch'] <= config.train.stage1_epochs else 2
+        stage = state_lib.stage_of(restored['meta']['epoch'] - 1, config)  # saved 1-based
         return EvaluationVariables(restored['variables'],
                                    f'the best checkpoint on val (step {step})', step, stage=stage)
     if choice in ('best', 'last'):

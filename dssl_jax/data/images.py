@@ -28,4 +28,3 @@ def resize(image: np.ndarray, size) -> np.ndarray:
   scale-and-translate is TensorFlow's), then rounded."""
   resized = jax.image.resize(np.asarray(image, np.float32), (*size, 3), 'bilinear', antialias=True)
   return np.clip(np.round(np.asarray(resized)), 0, 255).astype(np.uint8)
-

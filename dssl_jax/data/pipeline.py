@@ -335,8 +335,8 @@ def _decoded_images(config, examples: tf.data.Dataset, count: int, where: str, f
   for batch in decoded.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
     images[row:row + len(batch)] = batch
     row += len(batch)
-  print(f'decoded {count} images in {time.time() - start:.0f}s '
-        f'({count / max(time.time() - start, 1e-9):.0f} images/s)', flush=True)
+  seconds = max(time.time() - start, 1e-9)
+  print(f'decoded {count} images in {seconds:.0f}s ({count / seconds:.0f} images/s)', flush=True)
   if where == 'memory':
     return images
   images.flush()
@@ -358,7 +358,8 @@ def _with_threads(ds: tf.data.Dataset, threads: int) -> tf.data.Dataset:
 class HostAugmentedInput:
   """config.data.augment_on='host': tf.data decodes (or caches decoded), augments and normalizes
   each pair, as the project first did; the reference the step's augmentation was checked against.
-  Epochs as TrainInput's, in another order."""
+  Epochs as TrainInput's, in another order. Decoded images are kept in memory where
+  cache_decoded chooses memory, else decoded each epoch (the disk copy is TrainInput's)."""
 
   def __init__(self, config: ml_collections.ConfigDict, meta: DatasetMeta,
                process_index: int = 0, process_count: int = 1):
