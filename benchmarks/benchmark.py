@@ -6,7 +6,8 @@
 train: stage-1 and stage-2 step time on random data of the config's shapes (no dataset needed),
 compile time, FLOPs per step from XLA's cost analysis and the FLOP/s achieved. step_ops: executed
 ops and sequential loop iterations per step of DSSL's stage-2 step and of the plain ResNet's image
-step, counted on the compiled programs (benchmarks/hlo_ops.py). reference: the same
+step, counted on the compiled programs (benchmarks/hlo_ops.py), lowered for a GPU and for the CPU.
+gru: the bi-GRU's gradient per loop unroll, timed, and counted as step_ops. reference: the same
 plain model (ResNet + bi-GRU + ID and ranking losses, Adam) timed in JAX and in PyTorch
 (benchmarks/torch_reference.py, a child process), per branch and whole, with the ratio.
 clip_reference: the same for the CLIP encoders of config.model.clip (ID and contrastive losses,
@@ -50,10 +51,11 @@ from dssl_jax import state as state_lib
 from dssl_jax.data import formats
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
+from dssl_jax.models import text as text_lib
 from benchmarks import hlo_ops, reference_models
 from benchmarks.timing import median_seconds, peak_megabytes
 
-WHAT = ('train', 'step_ops', 'reference', 'clip_reference', 'eval', 'eval_encode', 'ranking',
+WHAT = ('train', 'step_ops', 'gru', 'reference', 'clip_reference', 'eval', 'eval_encode', 'ranking',
         'input', 'search', 'prepare', 'test_eval')
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/cuhk.py; override '
                                 'fields with --config.a.b=value.', lock_config=True)
@@ -143,12 +145,12 @@ def _torch_records(arguments: list[str]) -> dict:
 
 
 def _reference_step(model, batch: dict, part: str) -> tuple:
-  """(the lowered Adam step of a reference_models `model` on `part` of `batch`, its state)."""
+  """(the jitted Adam step of a reference_models `model` on `part` of `batch`, its state)."""
   tx = optax.adam(2e-4)
   variables = jax.jit(model.init, static_argnums=2)(jax.random.PRNGKey(0), batch, part)
   state = (variables['params'], variables.get('batch_stats', {}), tx.init(variables['params']))
   return jax.jit(functools.partial(reference_models.train_step, model=model, tx=tx, batch=batch,
-                                   part=part)).lower(*state), state
+                                   part=part)), state
 
 
 def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'):
@@ -188,8 +190,8 @@ def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'
     batch = formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
   batch = jax.device_put(batch)
   for part in parts:
-    lowered, state = _reference_step(model, batch, part)
-    compiled = lowered.compile()
+    step, state = _reference_step(model, batch, part)
+    compiled = step.lower(*state).compile()
     seconds = median_seconds(lambda: jax.block_until_ready(compiled(*state)), reps)
     reference = torch_records[f'reference_{part}']
     _emit({'what': f'reference_{part}', 'framework': f'jax {jax.__version__}',
@@ -200,24 +202,58 @@ def bench_reference(config, batch_size: int, reps: int, backbone: str = 'resnet'
           flush=True)
 
 
+def _lowered_for(platform: str, jitted, *args):
+  """`jitted` lowered as XLA is given it for `platform`, whatever this machine is: compiled here,
+  it is the program that platform would run, each lax.platform_dependent form included."""
+  return jitted.trace(*args).lower(lowering_platforms=(platform,))
+
+
 def bench_step_ops(config, batch_size: int):
   """Executed ops and sequential loop iterations of one step (benchmarks/hlo_ops.py), counted on
-  the compiled programs of DSSL's stage-2 step and of the plain ResNet's image step."""
+  the programs of DSSL's stage-2 step and of the plain ResNet's image step, lowered for a GPU
+  (where the kernels are launched) and for the CPU, both compiled here."""
   mesh = state_lib.make_mesh()
   model = _model(config)
   state, step = _state_and_step(config, model, dssl.init_variables(model, jax.random.PRNGKey(0),
                                                                   config), 2, mesh)
-  batch = formats.random_train_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
-  programs = {'dssl_stage2': step.lower(state, train.global_batch(batch, mesh))}
+  batch = train.global_batch(
+      formats.random_train_batch(config, FLAGS.vocab, FLAGS.classes, batch_size), mesh)
   reference = reference_models.ReferenceModel(ml_collections.FrozenConfigDict(config.model),
                                               FLAGS.vocab, FLAGS.classes)
-  programs['reference_image'] = _reference_step(
-      reference, formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size), 'image')[0]
-  for name, lowered in programs.items():
-    _emit({'what': 'step_ops', 'step': name, 'batch': batch_size,
-           'image_size': list(config.data.image_size), 'backbone': _backbone_name(config.model),
-           'augment': list(config.data.augment), 'jax': jax.__version__,
-           **hlo_ops.count(lowered.compile().as_text())})
+  reference_step, reference_state = _reference_step(
+      reference, formats.random_batch(config, FLAGS.vocab, FLAGS.classes, batch_size), 'image')
+  for platform in ('cuda', 'cpu'):
+    programs = {'dssl_stage2': _lowered_for(platform, step, state, batch),
+                'reference_image': _lowered_for(platform, reference_step, *reference_state)}
+    for name, lowered in programs.items():
+      _emit({'what': 'step_ops', 'step': name, 'lowered_for': platform, 'batch': batch_size,
+             'image_size': list(config.data.image_size), 'backbone': _backbone_name(config.model),
+             'augment': list(config.data.augment), 'jax': jax.__version__,
+             **hlo_ops.count(lowered.compile().as_text())})
+
+
+def bench_gru(config, batch_size: int, reps: int):
+  """The bi-GRU's loop unrolled 1 to 16 steps per iteration: a batch's sentences and phrases
+  encoded and differentiated, timed here, and its ops and loop iterations lowered for a GPU."""
+  data_config, hidden = config.data, config.model.embed_dim // 2
+  batch = formats.random_train_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
+  words = np.random.default_rng(0).normal(size=(batch_size, data_config.max_words,
+                                                config.model.word_dim)).astype(np.float32)
+  phrase_words = np.random.default_rng(1).normal(
+      size=(batch_size * data_config.max_phrases, batch['phrases'].shape[-1],
+            config.model.word_dim)).astype(np.float32)
+  phrase_mask = batch['phrase_mask'].reshape(len(phrase_words), -1)
+  for unroll in (1, 2, 4, 8, 16):
+    gru = text_lib.BiGRU(hidden, dssl.compute_dtype(config.model), unroll)
+    variables = gru.init(jax.random.PRNGKey(0), words, batch['token_mask'])
+    loss = lambda v, x, m, y, n: gru.apply(v, x, m).sum() + gru.apply(v, y, n).sum()
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 3)))
+    inputs = (variables, words, batch['token_mask'], phrase_words, phrase_mask)
+    seconds = median_seconds(lambda: jax.block_until_ready(grad(*inputs)), reps)
+    _emit({'what': 'gru', 'unroll': unroll, 'batch': batch_size,
+           'words': data_config.max_words, 'phrases': len(phrase_words), 'hidden': hidden,
+           'step_s': float(f'{seconds:.4g}'),
+           **hlo_ops.count(_lowered_for('cuda', grad, *inputs).compile().as_text())})
 
 
 def bench_eval_encode(config, batch_size: int, reps: int):
@@ -414,6 +450,8 @@ def main(argv):
         bench_train(config, batch, FLAGS.reps)
       elif what == 'step_ops':
         bench_step_ops(config, batch)
+      elif what == 'gru':
+        bench_gru(config, batch, FLAGS.reps)
       elif what == 'reference':
         bench_reference(config, batch, FLAGS.reps)
       elif what == 'clip_reference':

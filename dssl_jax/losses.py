@@ -62,6 +62,13 @@ def id_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def id_losses(logits: dict, labels: jax.Array, names) -> dict:
+  """{'id_' + name: eq. 16 on logits[name]} for each of `names`, as one softmax over them all."""
+  per_feature = optax.softmax_cross_entropy_with_integer_labels(
+      jnp.stack([logits[name] for name in names]), labels[None]).mean(-1)
+  return {f'id_{name}': loss for name, loss in zip(names, per_feature)}
+
+
 def mec_loss(person: jax.Array, surroundings: jax.Array,
              form: str = 'squared_cosine') -> jax.Array:
   """The mutual exclusion constraint (eq. 6) on P, S [B, p], rows V_P^i and V_S^i.
@@ -161,8 +168,9 @@ def align2_similarity(f: dict) -> jax.Array:
   Ranking V_G^i against SPFM(T_P^j, V_S^j) instead lets every negative carry its own image's
   surroundings, and the loss is then solved by matching surroundings (config value 'own').
   """
-  pairs = f['V_R_pairs']  # [B_image, B_text, p]
-  return jnp.einsum('ip,ijp->ij', l2_normalize(f['V_G']), pairs) / safe_norm(pairs)
+  pairs = f['V_R_pairs']  # [B_image, B_text, p], in the compute dtype: read, not copied, in float32
+  return jnp.einsum('ip,ijp->ij', l2_normalize(f['V_G']), pairs,
+                    preferred_element_type=jnp.float32) / safe_norm(pairs.astype(jnp.float32))
 
 
 def align4_similarity(f: dict) -> jax.Array:
@@ -190,7 +198,7 @@ def separation_stats(f: dict) -> dict:
 
 def stage1_loss(f: dict, batch: dict) -> tuple[jax.Array, dict]:
   """eq. 17-18: ID loss on V_G and T_G."""
-  terms = {f'id_{name}': id_loss(f['logits'][name], batch['label']) for name in ('V_G', 'T_G')}
+  terms = id_losses(f['logits'], batch['label'], ('V_G', 'T_G'))
   return sum(terms.values()), terms
 
 
@@ -198,35 +206,44 @@ def stage2_loss(f: dict, batch: dict, config: ml_collections.ConfigDict) -> tupl
   """eq. 19-21 (+ eq. 2), honouring every switch of config.model and config.loss.
 
   The baseline (Tables 1-2, first row) is ID on V_G, T_G plus rank(V_G, T_G): a common space.
+  Terms that share a shape run together: the ID terms as one softmax, the cosine matrices of the
+  plain aligns as one einsum, and eq. 3 over every align's [B, B] similarity at once.
   """
   switches = dssl.Switches.from_config(config.model)
   loss, ids = config.loss, batch['person_id']
-  rank = functools.partial(rank_loss, person_ids=ids, margin=loss.margin,
-                           reduction=loss.rank_reduction)
-  ranked = functools.partial(ranking_loss, person_ids=ids, margin=loss.margin,
-                             reduction=loss.rank_reduction)
-  terms = {f'id_{name}': id_loss(f['logits'][name], batch['label'])
-           for name in dssl.id_features(switches)}
+  terms = id_losses(f['logits'], batch['label'], dssl.id_features(switches))
+  cosine_pairs, similarities = {}, {}  # align name: (x1, x2) | S [B, B]
   if config.model.baseline:
-    terms['align1'] = rank(f['V_G'], f['T_G'])
+    cosine_pairs['align1'] = (f['V_G'], f['T_G'])
+  else:
+    if loss.align1:
+      cosine_pairs['align1'] = (f['V_P'], f['T_P'])
+    if loss.align2 and switches.separation:
+      if not switches.spfm:
+        raise UserError('config.loss.align2 needs config.model.spfm (V_R = SPFM(T_P, V_S), eq. 7)')
+      if gallery_surroundings(config):
+        similarities['align2'] = align2_similarity(f)
+      else:
+        cosine_pairs['align2'] = (f['V_G'], f['V_R'])
+    if loss.align3:
+      if not switches.pdm:
+        raise UserError('config.loss.align3 needs config.model.pdm (T_R = PDM(V_P), eq. 9)')
+      cosine_pairs['align3'] = (f['T_G'], f['T_R'])
+    if loss.align4:
+      similarities['align4'] = align4_similarity(f)
+    if loss.align5:
+      similarities['align5'] = align5_similarity(f)
+  if cosine_pairs:
+    x1, x2 = (jnp.stack(x) for x in zip(*cosine_pairs.values()))
+    cosines = jnp.einsum('kip,kjp->kij', l2_normalize(x1), l2_normalize(x2))
+    similarities |= dict(zip(cosine_pairs, cosines))
+  if similarities:
+    names = sorted(similarities)
+    ranked = jax.vmap(functools.partial(ranking_loss, person_ids=ids, margin=loss.margin,
+                                        reduction=loss.rank_reduction))
+    terms |= dict(zip(names, ranked(jnp.stack([similarities[name] for name in names]))))
+  if config.model.baseline:
     return sum(terms.values()), terms
-  if loss.align1:
-    terms['align1'] = rank(f['V_P'], f['T_P'])
-  if loss.align2 and switches.separation:
-    if not switches.spfm:
-      raise UserError('config.loss.align2 needs config.model.spfm (V_R = SPFM(T_P, V_S), eq. 7)')
-    if gallery_surroundings(config):
-      terms['align2'] = ranked(align2_similarity(f))
-    else:
-      terms['align2'] = rank(f['V_G'], f['V_R'])
-  if loss.align3:
-    if not switches.pdm:
-      raise UserError('config.loss.align3 needs config.model.pdm (T_R = PDM(V_P), eq. 9)')
-    terms['align3'] = rank(f['T_G'], f['T_R'])
-  if loss.align4:
-    terms['align4'] = ranked(align4_similarity(f))
-  if loss.align5:
-    terms['align5'] = ranked(align5_similarity(f))
   if loss.mec and switches.separation:
     terms['mec'] = loss.mec_weight * mec_loss(f['V_P'], f['V_S'], loss.mec_form)
   if switches.sdm:

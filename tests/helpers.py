@@ -15,6 +15,13 @@ from dssl_jax.configs import synthetic_tiny
 from dssl_jax.models import dssl
 
 
+def lowered_for(platform: str, fn, *args):
+  """fn lowered as XLA is given it for `platform` ('cpu', 'cuda'); its .compile() runs on this
+  machine's CPU. Where code picks a form by platform (lax.platform_dependent), the accelerator's
+  form then runs here."""
+  return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,))
+
+
 # Run first in a child process (or as its sitecustomize.py): importing what a GPU machine's JAX
 # stack lacks (TensorFlow, TFDS, nltk, clu, tqdm, torch) then raises.
 BLOCK_DATA_STACK = """

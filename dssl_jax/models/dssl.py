@@ -12,9 +12,10 @@ text Transformer, whose class token and end-of-text token stand for the pooled f
 the sentence state, their patch grid for the feature map's strips; everything after the encoders
 is the same.
 
-Mixed precision (config.model.dtype = 'bfloat16'): the encoders, where nearly all the FLOPs are,
-compute in bfloat16; parameters, BN statistics, the heads, every feature and the losses stay
-float32.
+Mixed precision (config.model.dtype = 'bfloat16'): the encoders and the heads' matmuls (SPFM's
+per-pair layer and the ID classifier's the largest) compute in bfloat16; parameters, BN and GN
+statistics, every feature but the per-pair V_R_pairs, the CA similarities (a few FLOPs, and eq.
+12's threshold would move with bfloat16's rounding) and the losses stay float32.
 """
 import dataclasses
 
@@ -86,21 +87,22 @@ class DSSL(nn.Module):
     else:
       raise UserError("config.model.backbone must be 'resnet' or 'clip', got "
                       f'{model_config.backbone!r}')
-    self.image_global = heads.GlobalHead(p, groups)
-    self.image_local = heads.LocalHead(p, groups)
-    self.text_global = heads.GlobalHead(p, groups)
-    self.text_local = heads.LocalHead(p, groups)
+    self.image_global = heads.GlobalHead(p, groups, dtype)
+    self.image_local = heads.LocalHead(p, groups, dtype)
+    self.text_global = heads.GlobalHead(p, groups, dtype)
+    self.text_local = heads.LocalHead(p, groups, dtype)
     if self.switches.separation:
-      self.spsm = heads.SPSM(p)
+      self.spsm = heads.SPSM(p, dtype)
     if self.switches.spfm:
-      self.spfm = heads.SPFM(p, model_config.spfm_fusion)
+      self.spfm = heads.SPFM(p, model_config.spfm_fusion, dtype)
     if self.switches.pdm:
-      self.pdm = heads.MLP(p)
+      self.pdm = heads.MLP(p, dtype)
     if self.switches.sam:
-      self.sam = heads.SAM(p, groups)
+      self.sam = heads.SAM(p, groups, dtype)
     if self.switches.sdm:
-      self.sdm = heads.SDM(p, model_config.sdm_zero_ratio, model_config.sdm_hidden or p // 2)
-    self.id_classifier = heads.IdClassifier(self.num_classes, groups)
+      self.sdm = heads.SDM(p, model_config.sdm_zero_ratio, model_config.sdm_hidden or p // 2,
+                           dtype)
+    self.id_classifier = heads.IdClassifier(self.num_classes, groups, dtype)
 
   def encode_image(self, images: jax.Array, train: bool = False,
                    frozen_backbone: bool = False) -> dict:
@@ -194,7 +196,8 @@ class DSSL(nn.Module):
       f['V_R_pairs'] = self.spfm.pairwise(f['T_P'], f['V_S'])
     if self.switches.pdm:
       f['T_R'] = self.pdm(f['V_P'])
-    f['logits'] = {name: self.id_classifier(f[name]) for name in id_features(self.switches)}
+    names = id_features(self.switches)  # one matmul for every ID feature (eq. 16)
+    f['logits'] = dict(zip(names, self.id_classifier(jnp.stack([f[name] for name in names]))))
     return f
 
 

@@ -4,6 +4,10 @@ classifier. The cross-modal attention CA, a similarity, is dssl_jax/similarity.p
 Readings of what the paper leaves open (docs/design.md): the k strips share one GN-FC-ReLU-FC
 head, as the phrases do; one SDM serves T_G and the phrases; the MLPs are p -> 2p -> p; SDM's
 auto-encoder is p -> p/2 -> p.
+
+`dtype` is each head's compute dtype (config.model.dtype): its matmuls run in it, GN's statistics
+and the parameters stay float32, and every head returns float32 features, except SPFM's per-pair
+output, which stays in the compute dtype (it is B x B x p).
 """
 import flax.linen as nn
 import jax
@@ -15,10 +19,11 @@ from dssl_jax.errors import UserError
 class GroupNorm(nn.Module):
   """GN over the feature axis of vectors of any leading shape (torch's eps)."""
   groups: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    return nn.GroupNorm(num_groups=self.groups, epsilon=1e-5)(
+    return nn.GroupNorm(num_groups=self.groups, epsilon=1e-5, dtype=self.dtype)(
         x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
@@ -26,33 +31,38 @@ class GlobalHead(nn.Module):
   """GN -> FC: V_G from the pooled feature map, T_G from the sentence state."""
   features: int
   groups: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    return nn.Dense(self.features)(GroupNorm(self.groups)(x))
+    x = nn.Dense(self.features, dtype=self.dtype)(GroupNorm(self.groups, self.dtype)(x))
+    return x.astype(jnp.float32)
 
 
 class LocalHead(nn.Module):
   """GN -> FC -> ReLU -> FC, on each strip (M_V) or phrase (M_T)."""
   features: int
   groups: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(nn.Dense(self.features, name='hidden')(GroupNorm(self.groups)(x)))
-    return nn.Dense(self.features, name='out')(x)
+    x = GroupNorm(self.groups, self.dtype)(x)
+    x = nn.relu(nn.Dense(self.features, dtype=self.dtype, name='hidden')(x))
+    return nn.Dense(self.features, dtype=self.dtype, name='out')(x).astype(jnp.float32)
 
 
 class MLP(nn.Module):
   """p -> 2p -> p, ReLU between, tanh at the end: SPSM's branches, SPFM and PDM."""
   features: int
+  dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.hidden = nn.Dense(2 * self.features)
-    self.out = nn.Dense(self.features)
+    self.hidden = nn.Dense(2 * self.features, dtype=self.dtype)
+    self.out = nn.Dense(self.features, dtype=self.dtype)
 
   def __call__(self, x):
-    return self.from_hidden(self.hidden(x))
+    return self.from_hidden(self.hidden(x)).astype(jnp.float32)
 
   def from_hidden(self, pre_activation):
     """The MLP after its first (affine) layer: what cannot be shared between pairs."""
@@ -70,21 +80,24 @@ def strip_pool(feature_map: jax.Array, k: int) -> jax.Array:
 class SPSM(nn.Module):
   """Surroundings-person separation (eq. 4): V_P, V_S = two parallel MLPs of V_G."""
   features: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, v_g):
-    return MLP(self.features, name='person')(v_g), MLP(self.features, name='surroundings')(v_g)
+    return (MLP(self.features, self.dtype, name='person')(v_g),
+            MLP(self.features, self.dtype, name='surroundings')(v_g))
 
 
 class SPFM(nn.Module):
   """Surroundings-person fusion (eq. 7): V_R = MLP(T_P + V_S) or MLP([T_P, V_S]) (Table 3)."""
   features: int
   fusion: str = 'add'
+  dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     if self.fusion not in ('add', 'concat'):
       raise UserError(f"config.model.spfm_fusion must be 'add' or 'concat', got {self.fusion!r}")
-    self.mlp = MLP(self.features)
+    self.mlp = MLP(self.features, self.dtype)
 
   def fuse(self, t_p, v_s):
     return t_p + v_s if self.fusion == 'add' else jnp.concatenate([t_p, v_s], axis=-1)
@@ -97,7 +110,8 @@ class SPFM(nn.Module):
 
     Both fusions are linear, so the first layer splits: W fuse(t, v) + b = (W fuse(t, 0) + b) +
     (W fuse(0, v) + b) - b. It runs once per text and once per surroundings; only the second layer
-    runs per pair (Align II in the gallery's surroundings, see losses.align2_similarity).
+    runs per pair (Align II in the gallery's surroundings, see losses.align2_similarity), in the
+    compute dtype.
     """
     text_only = self.fuse(t_p, jnp.zeros_like(t_p))
     from_text = self.mlp.hidden(text_only)
@@ -110,12 +124,14 @@ class SAM(nn.Module):
   """Salient attention (eq. 11): a gate from V_P scales every strip of M_V."""
   features: int
   groups: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, v_p, m_v):
-    hidden = GroupNorm(self.groups)(nn.relu(nn.Dense(self.features, name='W1')(v_p)))
-    gate = jax.nn.sigmoid(nn.Dense(self.features, name='W2')(hidden))
-    return gate[..., None, :] * m_v
+    hidden = nn.relu(nn.Dense(self.features, dtype=self.dtype, name='W1')(v_p))
+    hidden = GroupNorm(self.groups, self.dtype)(hidden)
+    gate = jax.nn.sigmoid(nn.Dense(self.features, dtype=self.dtype, name='W2')(hidden))
+    return gate.astype(jnp.float32)[..., None, :] * m_v
 
 
 def zero_entries(x: jax.Array, ratio: float, rng: jax.Array) -> jax.Array:
@@ -133,20 +149,24 @@ class SDM(nn.Module):
   features: int
   zero_ratio: float
   hidden: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     if train:
       x = zero_entries(x, self.zero_ratio, self.make_rng('sdm'))
-    code = nn.relu(nn.Dense(self.hidden, name='encoder')(x))
-    return nn.Dense(self.features, name='decoder')(code)
+    code = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name='encoder')(x))
+    return nn.Dense(self.features, dtype=self.dtype, name='decoder')(code).astype(jnp.float32)
 
 
 class IdClassifier(nn.Module):
   """eq. 16: logits = W_id GN(X), one bias-free W_id (Q x p) shared by every feature."""
   num_classes: int
   groups: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    return nn.Dense(self.num_classes, use_bias=False, name='W_id')(GroupNorm(self.groups)(x))
+    x = GroupNorm(self.groups, self.dtype)(x)
+    return nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype, name='W_id')(x).astype(
+        jnp.float32)

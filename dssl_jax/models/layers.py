@@ -2,7 +2,10 @@
 
 Each matches torch.nn's layer (tests/models/test_layers.py) and keeps flax's parameter names, so
 torchvision weights convert unchanged. Why not nn.Conv / nn.BatchNorm / nn.max_pool: on the CPU
-their backward passes slow a ResNet-50 train step (figures in docs/benchmarks.md):
+their backward passes slow a ResNet-50 train step (figures in docs/benchmarks.md). Where the step
+is compiled for an accelerator, `lax.platform_dependent` keeps XLA's own convolution and max-pool
+(and their generic gradients) instead: the CPU forms were measured to win on the CPU only. The CPU
+forms:
 - a 1x1 convolution's kernel gradient went through a transposed copy of its input, into which XLA
   fused (and recomputed) the preceding BN/add/ReLU chain; as a matmul over NHWC rows (`pointwise`)
   the gradient x^T g reads the input where it is;
@@ -48,10 +51,13 @@ class Conv(nn.Module):
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    convolution = lambda x, kernel: lax.conv_general_dilated(
+        x, kernel, self.strides, self.padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     if self.kernel_size == (1, 1) and self.padding == ((0, 0), (0, 0)):
-      return pointwise(x[:, ::self.strides[0], ::self.strides[1]], kernel[0, 0])
-    return lax.conv_general_dilated(x, kernel, self.strides, self.padding,
-                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      as_matmul = lambda x, kernel: pointwise(x[:, ::self.strides[0], ::self.strides[1]],
+                                              kernel[0, 0])
+      return lax.platform_dependent(x, kernel, cpu=as_matmul, default=convolution)
+    return convolution(x, kernel)
 
 
 class BatchNorm(nn.Module):
@@ -89,7 +95,7 @@ class BatchNorm(nn.Module):
 
 
 def _max_pool_forward(x):
-  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
                            ((0, 0), (1, 1), (1, 1), (0, 0)))
 
 
@@ -105,9 +111,18 @@ def _max_pool_fwd(x):
 
 
 def _max_pool_bwd(residuals, g):
+  return (lax.platform_dependent(*residuals, g, cpu=_to_first_maximum, default=_select_and_scatter),)
+
+
+def _select_and_scatter(x, y, g):
+  """XLA's generic gradient (it too picks the first maximum)."""
+  del y
+  return jax.vjp(_max_pool_forward, x)[1](g)[0]
+
+
+def _to_first_maximum(x, y, g):
   """Each output's gradient goes to the first maximum of its window in row-major order (ties
   are common after ReLU), as select-and-scatter and PyTorch do: 9 strided slices, no scatter."""
-  x, y = residuals
   batch, height, width, channels = x.shape
   _, out_h, out_w, _ = y.shape
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
@@ -123,7 +138,7 @@ def _max_pool_bwd(residuals, g):
       dx += lax.pad(jnp.where(first, g, zero), zero,
                     ((0, 0, 0), (dy, height + 2 - end_h, 1), (dw, width + 2 - end_w, 1),
                      (0, 0, 0)))
-  return (dx[:, 1:-1, 1:-1],)
+  return dx[:, 1:-1, 1:-1]
 
 
 max_pool_3x3.defvjp(_max_pool_fwd, _max_pool_bwd)

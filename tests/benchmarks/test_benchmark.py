@@ -58,16 +58,22 @@ def test_train_and_eval_figures_without_tensorflow():
 
 @pytest.mark.slow
 def test_step_ops_counts_the_gru_loop_per_word():
-  """Two more words: 8 more loop iterations (2 directions, each step forward and backward)."""
+  """Eight more words: one more iteration of the bi-GRU's loop (unrolled 8 words per iteration,
+  both directions in it), forward and backward, lowered for a GPU or the CPU."""
   counts = {}
-  for words in (10, 12):
-    dssl_step, reference = _bench('--what=step_ops', '--batch=4',
-                                  f'--config.data.max_words={words}')
-    assert (dssl_step['step'], reference['step']) == ('dssl_stage2', 'reference_image')
-    assert reference['loop_iterations'] == 0 and 0 < reference['ops'] < dssl_step['ops']
-    counts[words] = dssl_step
-  assert counts[12]['loop_iterations'] - counts[10]['loop_iterations'] == 8
-  assert counts[12]['ops'] > counts[10]['ops']
+  for words in (16, 24):
+    records = _bench('--what=step_ops', '--batch=4', f'--config.data.max_words={words}')
+    assert [(r['step'], r['lowered_for']) for r in records] == [
+        ('dssl_stage2', 'cuda'), ('reference_image', 'cuda'), ('dssl_stage2', 'cpu'),
+        ('reference_image', 'cpu')]
+    for dssl_step, reference in (records[:2], records[2:]):
+      assert reference['loop_iterations'] == 0 and 0 < reference['ops'] < dssl_step['ops']
+    counts[words] = records
+  for row in (0, 2):
+    assert counts[24][row]['loop_iterations'] - counts[16][row]['loop_iterations'] == 2
+    assert counts[24][row]['ops'] > counts[16][row]['ops']
+  # On the CPU, each threefry hash of the step's random draws is a loop of 5 iterations.
+  assert counts[16][2]['loop_iterations'] > counts[16][0]['loop_iterations']
 
 
 def test_search_figures():

@@ -1,6 +1,7 @@
 """The forward pass returns every feature of the paper; a frozen backbone learns nothing."""
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -63,6 +64,9 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_bn_statistics():
 
 
 def test_mixed_precision_computes_in_bfloat16_with_float32_params_features_and_loss():
+  """bfloat16 encoders and heads (SPFM's per-pair layer and the ID classifier included) stay
+  within bounds of float32, loss term by loss term (nearly all the difference comes from the
+  encoders: tests/models/test_heads.py bounds the heads alone)."""
   config = tiny_model_config()
   batch = random_batch(config, 50, 7, batch_size=4)
   model32, variables = init_model(config)
@@ -77,17 +81,24 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_params_features_and_l
       return losses.stage2_loss(f, batch, config)[0], f
     return fn
   hlo = jax.jit(jax.grad(loss_fn(model16), has_aux=True)).lower(variables['params']).as_text()
-  for op in ('stablehlo.convolution', 'stablehlo.dot_general'):  # backbone; GRU (in its loop)
+  for op in ('stablehlo.convolution', 'stablehlo.dot_general'):  # backbone; GRU, heads
     assert any(op in line and 'bf16' in line for line in hlo.splitlines()), op
+  classes, pairs = f'x{model16.num_classes}xbf16>', f'4x4x{2 * config.model.embed_dim}xbf16>'
+  for shape in (classes, pairs):  # the ID classifier's and SPFM's per-pair matmuls
+    assert any('stablehlo.dot_general' in line and shape in line for line in hlo.splitlines())
 
   (loss16, f16), grads = jax.jit(jax.value_and_grad(loss_fn(model16), has_aux=True))(
       variables['params'])
   loss32, f32 = jax.jit(loss_fn(model32))(variables['params'])
+  terms16, terms32 = (losses.stage2_loss(f, batch, config)[1] for f in (f16, f32))
+  assert f16.pop('V_R_pairs').dtype == jnp.bfloat16
   assert loss16.dtype == np.float32 and all(
       x.dtype == np.float32 for x in jax.tree.leaves(f16) if x.dtype != bool)
   assert all(np.isfinite(g).all() and g.dtype == np.float32 for g in jax.tree.leaves(grads))
   np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
-  for name in ('V_G', 'T_G', 'V_L'):
+  for name, value in terms32.items():
+    np.testing.assert_allclose(terms16[name], value, rtol=0.1, atol=3e-3, err_msg=name)
+  for name in ('V_G', 'T_G', 'V_L', 'V_P', 'T_P', 'V_R', 'T_R'):
     cosine = (f16[name] * f32[name]).sum(-1) / np.linalg.norm(f16[name], axis=-1) / np.linalg.norm(
         f32[name], axis=-1)
     assert cosine.min() > 0.98, name  # bfloat16 keeps 8 bits of mantissa

@@ -92,3 +92,34 @@ def test_spfm_pairwise_equals_one_fusion_per_pair(fusion):
   for i, j in itertools.product(range(3), range(5)):
     np.testing.assert_allclose(pairs[i, j], spfm.apply(variables, t_p[j:j + 1], v_s[i:i + 1])[0],
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['GlobalHead', 'LocalHead', 'MLP', 'SPSM', 'SPFM', 'SPFM.pairwise',
+                                  'SAM', 'SDM', 'IdClassifier'])
+def test_a_bfloat16_head_stays_within_bounds_of_float32(name):
+  """Same parameters and float32 inputs: the bfloat16 head's outputs (float32, except SPFM's
+  per-pair ones) point where float32's do, within 1% of their norm."""
+  p, rng = 64, np.random.default_rng(0)
+  x, y = (jnp.asarray(rng.normal(size=(8, p)), jnp.float32) for _ in range(2))
+  strips = jnp.asarray(rng.normal(size=(8, 6, p)), jnp.float32)
+  make = {'GlobalHead': lambda dtype: (heads.GlobalHead(p, 8, dtype), (x,)),
+          'LocalHead': lambda dtype: (heads.LocalHead(p, 8, dtype), (strips,)),
+          'MLP': lambda dtype: (heads.MLP(p, dtype), (x,)),
+          'SPSM': lambda dtype: (heads.SPSM(p, dtype), (x,)),
+          'SPFM': lambda dtype: (heads.SPFM(p, 'add', dtype), (x, y)),
+          'SPFM.pairwise': lambda dtype: (heads.SPFM(p, 'concat', dtype), (x, y)),
+          'SAM': lambda dtype: (heads.SAM(p, 8, dtype), (x, strips)),
+          'SDM': lambda dtype: (heads.SDM(p, 0.5, p // 2, dtype), (x, False)),
+          'IdClassifier': lambda dtype: (heads.IdClassifier(300, 8, dtype), (x,))}[name]
+  method = 'pairwise' if name == 'SPFM.pairwise' else '__call__'
+  module, inputs = make(jnp.float32)
+  variables = module.init(jax.random.key(0), *inputs, method=method)
+  outputs = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    module, _ = make(dtype)
+    outputs[dtype] = jax.tree.leaves(module.apply(variables, *inputs, method=method))
+  for half, full in zip(outputs[jnp.bfloat16], outputs[jnp.float32]):
+    assert half.dtype == (jnp.bfloat16 if name == 'SPFM.pairwise' else jnp.float32)
+    error = np.linalg.norm(np.float32(half) - full, axis=-1) / np.linalg.norm(full, axis=-1)
+    print(f'{name}: relative error at most {error.max():.2e}')
+    assert 0 < error.max() < 1e-2  # bfloat16 rounds (not 0), and stays within 1%
