@@ -232,10 +232,30 @@ def bench_step_ops(config, batch_size: int):
              **hlo_ops.count(lowered.compile().as_text())})
 
 
+def _gru_per_direction(variables, x, mask, dtype):
+  """The bi-GRU as one loop per direction (text.recurrence over one direction at a time): the
+  form the model does not keep, timed beside it."""
+  params, (count, steps) = variables['params'], mask.shape
+  rows = x.transpose(1, 0, 2).reshape(count * steps, -1).astype(dtype)
+  mask = mask.T[:, None, :, None]
+  states = []
+  for d in range(2):
+    gates_in = (jnp.matmul(rows, params['input_kernel'][d].astype(dtype),
+                           preferred_element_type=jnp.float32) + params['input_bias'][d]
+                ).reshape(steps, 1, count, -1)
+    if d:  # the backward direction reads a reversed copy
+      gates_in, mask = gates_in[::-1], mask[::-1]
+    states.append(text_lib.recurrence(gates_in, mask, params['hidden_kernel'][d:d + 1].astype(dtype),
+                                      params['hidden_bias'][d:d + 1], 1)[0])
+  return jnp.concatenate(states, axis=-1)
+
+
 def bench_gru(config, batch_size: int, reps: int):
-  """The bi-GRU's loop unrolled 1 to 16 steps per iteration: a batch's sentences and phrases
-  encoded and differentiated, timed here, and its ops and loop iterations lowered for a GPU."""
+  """The bi-GRU's loop unrolled 1 to 16 steps per iteration, and one loop per direction: a batch's
+  sentences and phrases encoded and differentiated, timed here, and its ops and loop iterations
+  lowered for a GPU."""
   data_config, hidden = config.data, config.model.embed_dim // 2
+  dtype = dssl.compute_dtype(config.model)
   batch = formats.random_train_batch(config, FLAGS.vocab, FLAGS.classes, batch_size)
   words = np.random.default_rng(0).normal(size=(batch_size, data_config.max_words,
                                                 config.model.word_dim)).astype(np.float32)
@@ -243,17 +263,18 @@ def bench_gru(config, batch_size: int, reps: int):
       size=(batch_size * data_config.max_phrases, batch['phrases'].shape[-1],
             config.model.word_dim)).astype(np.float32)
   phrase_mask = batch['phrase_mask'].reshape(len(phrase_words), -1)
-  for unroll in (1, 2, 4, 8, 16):
-    gru = text_lib.BiGRU(hidden, dssl.compute_dtype(config.model), unroll)
-    variables = gru.init(jax.random.PRNGKey(0), words, batch['token_mask'])
-    loss = lambda v, x, m, y, n: gru.apply(v, x, m).sum() + gru.apply(v, y, n).sum()
+  inputs = (words, batch['token_mask'], phrase_words, phrase_mask)
+  variables = text_lib.BiGRU(hidden, dtype).init(jax.random.PRNGKey(0), *inputs[:2])
+  forms = {f'one_loop_unroll_{unroll}': text_lib.BiGRU(hidden, dtype, unroll).apply
+           for unroll in (1, 2, 4, 8, 16)}
+  forms['loop_per_direction'] = functools.partial(_gru_per_direction, dtype=dtype)
+  for form, encode in forms.items():
+    loss = lambda v, x, m, y, n, encode=encode: encode(v, x, m).sum() + encode(v, y, n).sum()
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 3)))
-    inputs = (variables, words, batch['token_mask'], phrase_words, phrase_mask)
-    seconds = median_seconds(lambda: jax.block_until_ready(grad(*inputs)), reps)
-    _emit({'what': 'gru', 'unroll': unroll, 'batch': batch_size,
-           'words': data_config.max_words, 'phrases': len(phrase_words), 'hidden': hidden,
-           'step_s': float(f'{seconds:.4g}'),
-           **hlo_ops.count(_lowered_for('cuda', grad, *inputs).compile().as_text())})
+    seconds = median_seconds(lambda: jax.block_until_ready(grad(variables, *inputs)), reps)
+    _emit({'what': 'gru', 'form': form, 'batch': batch_size, 'words': data_config.max_words,
+           'phrases': len(phrase_words), 'hidden': hidden, 'step_s': float(f'{seconds:.4g}'),
+           **hlo_ops.count(_lowered_for('cuda', grad, variables, *inputs).compile().as_text())})
 
 
 def bench_eval_encode(config, batch_size: int, reps: int):

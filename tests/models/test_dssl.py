@@ -10,7 +10,7 @@ from dssl_jax import losses
 from dssl_jax.errors import UserError
 from dssl_jax.models import dssl
 from dssl_jax.data.formats import random_batch
-from tests.helpers import init_model, tiny_model_config
+from tests.helpers import init_model, lowered_for, tiny_model_config
 
 
 def test_every_named_feature_with_its_shape():
@@ -35,6 +35,26 @@ def test_every_named_feature_with_its_shape():
   np.testing.assert_array_equal(fb['V_P'], fb['V_G'])
   np.testing.assert_array_equal(fb['T_P'], fb['T_G'])
   np.testing.assert_array_equal(fb['V_L'], fb['M_V'])
+
+
+def test_the_program_for_an_accelerator_computes_the_cpu_programs_loss_and_gradients():
+  """The forms chosen by platform (layers: 1x1 convolutions, max-pool's gradient) agree: the
+  stage-2 loss and its gradient lowered for a GPU, run here, equal the CPU program's."""
+  config = tiny_model_config()
+  batch = random_batch(config, 50, 7, batch_size=4)
+  model, variables = init_model(config)
+
+  def loss_and_grads(params):
+    def loss_fn(params):
+      f, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, batch,
+                         train=True, mutable=['batch_stats'], rngs={'sdm': jax.random.key(1)})
+      return losses.stage2_loss(f, batch, config)[0]
+    return jax.value_and_grad(loss_fn)(params)
+
+  cpu, gpu = (lowered_for(platform, loss_and_grads, variables['params']).compile()(
+      variables['params']) for platform in ('cpu', 'cuda'))
+  for a, b in zip(jax.tree.leaves(cpu), jax.tree.leaves(gpu)):  # summation order differs
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max() + 1e-7
 
 
 def test_frozen_backbone_gets_no_gradient_and_keeps_bn_statistics():
