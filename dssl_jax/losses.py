@@ -202,41 +202,49 @@ def stage1_loss(f: dict, batch: dict) -> tuple[jax.Array, dict]:
   return sum(terms.values()), terms
 
 
-def stage2_loss(f: dict, batch: dict, config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
-  """eq. 19-21 (+ eq. 2), honouring every switch of config.model and config.loss.
-
-  The baseline (Tables 1-2, first row) is ID on V_G, T_G plus rank(V_G, T_G): a common space.
-  Terms that share a shape run together: the ID terms as one softmax, the cosine matrices of the
-  plain aligns as one einsum, and eq. 3 over every align's [B, B] similarity at once.
-  """
-  switches = dssl.Switches.from_config(config.model)
-  loss, ids = config.loss, batch['person_id']
-  terms = id_losses(f['logits'], batch['label'], dssl.id_features(switches))
-  cosine_pairs, similarities = {}, {}  # align name: (x1, x2) | S [B, B]
+def align_similarities(f: dict, config: ml_collections.ConfigDict) -> dict:
+  """S [B, B] of each align the config trains: Align I (eq. 5), II (eq. 8), III (eq. 10), IV (eq.
+  13) and V (eq. 14); the baseline's rank(V_G, T_G) as 'align1'. The aligns that compare two
+  features by their cosine are computed as one einsum."""
   if config.model.baseline:
-    cosine_pairs['align1'] = (f['V_G'], f['T_G'])
-  else:
-    if loss.align1:
-      cosine_pairs['align1'] = (f['V_P'], f['T_P'])
-    if loss.align2 and switches.separation:
-      if not switches.spfm:
-        raise UserError('config.loss.align2 needs config.model.spfm (V_R = SPFM(T_P, V_S), eq. 7)')
-      if gallery_surroundings(config):
-        similarities['align2'] = align2_similarity(f)
-      else:
-        cosine_pairs['align2'] = (f['V_G'], f['V_R'])
-    if loss.align3:
-      if not switches.pdm:
-        raise UserError('config.loss.align3 needs config.model.pdm (T_R = PDM(V_P), eq. 9)')
-      cosine_pairs['align3'] = (f['T_G'], f['T_R'])
-    if loss.align4:
-      similarities['align4'] = align4_similarity(f)
-    if loss.align5:
-      similarities['align5'] = align5_similarity(f)
+    return {'align1': cosine_matrix(f['V_G'], f['T_G'])}
+  switches, loss = dssl.Switches.from_config(config.model), config.loss
+  cosine_pairs, similarities = {}, {}  # align name: (x1, x2) | S [B, B]
+  if loss.align1:
+    cosine_pairs['align1'] = (f['V_P'], f['T_P'])
+  if loss.align2 and switches.separation:
+    if not switches.spfm:
+      raise UserError('config.loss.align2 needs config.model.spfm (V_R = SPFM(T_P, V_S), eq. 7)')
+    if gallery_surroundings(config):
+      similarities['align2'] = align2_similarity(f)
+    else:
+      cosine_pairs['align2'] = (f['V_G'], f['V_R'])
+  if loss.align3:
+    if not switches.pdm:
+      raise UserError('config.loss.align3 needs config.model.pdm (T_R = PDM(V_P), eq. 9)')
+    cosine_pairs['align3'] = (f['T_G'], f['T_R'])
+  if loss.align4:
+    similarities['align4'] = align4_similarity(f)
+  if loss.align5:
+    similarities['align5'] = align5_similarity(f)
   if cosine_pairs:
     x1, x2 = (jnp.stack(x) for x in zip(*cosine_pairs.values()))
     cosines = jnp.einsum('kip,kjp->kij', l2_normalize(x1), l2_normalize(x2))
     similarities |= dict(zip(cosine_pairs, cosines))
+  return similarities
+
+
+def stage2_loss(f: dict, batch: dict, config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+  """eq. 19-21 (+ eq. 2), honouring every switch of config.model and config.loss.
+
+  The baseline (Tables 1-2, first row) is ID on V_G, T_G plus rank(V_G, T_G): a common space.
+  Terms that share a shape run together: the ID terms as one softmax, and eq. 3 over every align's
+  similarity at once.
+  """
+  switches = dssl.Switches.from_config(config.model)
+  loss, ids = config.loss, batch['person_id']
+  terms = id_losses(f['logits'], batch['label'], dssl.id_features(switches))
+  similarities = align_similarities(f, config)
   if similarities:
     names = sorted(similarities)
     ranked = jax.vmap(functools.partial(ranking_loss, person_ids=ids, margin=loss.margin,

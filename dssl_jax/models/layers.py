@@ -2,16 +2,15 @@
 
 Each matches torch.nn's layer (tests/models/test_layers.py) and keeps flax's parameter names, so
 torchvision weights convert unchanged. Why not nn.Conv / nn.BatchNorm / nn.max_pool: on the CPU
-their backward passes slow a ResNet-50 train step (figures in docs/benchmarks.md). Where the step
-is compiled for an accelerator, `lax.platform_dependent` keeps XLA's own convolution and max-pool
-(and their generic gradients) instead: the CPU forms were measured to win on the CPU only. The CPU
-forms:
+their backward passes slow a ResNet-50 train step (figures in docs/benchmarks.md):
 - a 1x1 convolution's kernel gradient went through a transposed copy of its input, into which XLA
   fused (and recomputed) the preceding BN/add/ReLU chain; as a matmul over NHWC rows (`pointwise`)
   the gradient x^T g reads the input where it is;
 - batch norm is applied as one scale and shift per channel, folded from its statistics;
 - max-pool's generic gradient (select-and-scatter) is slow; `max_pool_3x3` routes each output's
   gradient to the first maximum of its window, as PyTorch's kernel does.
+The first and the last were measured to win on the CPU only: where the step is compiled for an
+accelerator, `lax.platform_dependent` keeps XLA's own 1x1 convolution and select-and-scatter.
 """
 import flax.linen as nn
 import jax

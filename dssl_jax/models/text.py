@@ -33,16 +33,12 @@ def _gates(gates_in, gates_hidden):
   return r, z, jnp.tanh(gi_n + r * gh_n)
 
 
-def _hidden_projection(h, w_hidden, b_hidden):
-  """h [..., D, N, H] @ w_hidden [D, H, 3H] + b_hidden [D, 3H], the matmul in w_hidden's dtype."""
-  return jnp.einsum('...dnh,dhk->...dnk', h.astype(w_hidden.dtype), w_hidden,
-                    preferred_element_type=jnp.float32) + b_hidden[:, None]
-
-
 def _forward(gates_in, mask, w_hidden, b_hidden, unroll):
   def step(h, inputs):
     gi, m = inputs
-    r, z, n = _gates(gi, _hidden_projection(h, w_hidden, b_hidden))
+    gh = jnp.einsum('dnh,dhk->dnk', h.astype(w_hidden.dtype), w_hidden,
+                    preferred_element_type=jnp.float32) + b_hidden[:, None]
+    r, z, n = _gates(gi, gh)
     return jnp.where(m, (1 - z) * n + z * h, h), h
   h0 = jnp.zeros(gates_in.shape[1:-1] + (w_hidden.shape[1],), jnp.float32)
   return jax.lax.scan(step, h0, (gates_in, mask), unroll=unroll)  # (h_T, states entering)

@@ -37,6 +37,12 @@ def test_every_named_feature_with_its_shape():
   np.testing.assert_array_equal(fb['V_L'], fb['M_V'])
 
 
+def _train_apply(model, variables: dict, params, batch: dict, **kwargs) -> tuple:
+  """(features, batch_stats updates) of a training forward pass, SDM's key fixed."""
+  return model.apply({'params': params, 'batch_stats': variables['batch_stats']}, batch,
+                     train=True, mutable=['batch_stats'], rngs={'sdm': jax.random.key(1)}, **kwargs)
+
+
 def test_the_program_for_an_accelerator_computes_the_cpu_programs_loss_and_gradients():
   """The forms chosen by platform (layers: 1x1 convolutions, max-pool's gradient) agree: the
   stage-2 loss and its gradient lowered for a GPU, run here, equal the CPU program's."""
@@ -45,10 +51,8 @@ def test_the_program_for_an_accelerator_computes_the_cpu_programs_loss_and_gradi
   model, variables = init_model(config)
 
   def loss_and_grads(params):
-    def loss_fn(params):
-      f, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, batch,
-                         train=True, mutable=['batch_stats'], rngs={'sdm': jax.random.key(1)})
-      return losses.stage2_loss(f, batch, config)[0]
+    loss_fn = lambda params: losses.stage2_loss(
+        _train_apply(model, variables, params, batch)[0], batch, config)[0]
     return jax.value_and_grad(loss_fn)(params)
 
   cpu, gpu = (lowered_for(platform, loss_and_grads, variables['params']).compile()(
@@ -64,9 +68,7 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_bn_statistics():
 
   def grads_and_stats(frozen):
     def loss_fn(params):
-      f, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, batch,
-                               train=True, frozen_backbone=frozen, mutable=['batch_stats'],
-                               rngs={'sdm': jax.random.key(1)})
+      f, updates = _train_apply(model, variables, params, batch, frozen_backbone=frozen)
       return losses.stage1_loss(f, batch)[0], updates['batch_stats']
     return jax.jit(jax.grad(loss_fn, has_aux=True))(variables['params'])
 
@@ -96,8 +98,7 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_params_features_and_l
 
   def loss_fn(model):
     def fn(params):
-      f, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, batch,
-                         train=True, mutable=['batch_stats'], rngs={'sdm': jax.random.key(1)})
+      f, _ = _train_apply(model, variables, params, batch)
       return losses.stage2_loss(f, batch, config)[0], f
     return fn
   hlo = jax.jit(jax.grad(loss_fn(model16), has_aux=True)).lower(variables['params']).as_text()
