@@ -76,6 +76,19 @@ def test_step_ops_counts_the_gru_loop_per_word():
   assert counts[16][2]['loop_iterations'] > counts[16][0]['loop_iterations']
 
 
+def test_gru_figures_fall_with_the_unroll_and_rise_with_a_loop_per_direction():
+  """16 words and 8-word phrases, forward and backward: unroll u leaves 2 x 16 / u iterations for
+  the sentences and 2 x 8 / u for the phrases, which unroll 8 runs with no loop."""
+  records = {r['form']: r for r in _bench('--what=gru', '--batch=2', '--reps=1',
+                                          '--config.data.max_words=16')}
+  assert list(records) == [f'one_loop_unroll_{u}' for u in (1, 2, 4, 8, 16)] + [
+      'loop_per_direction']
+  assert [records[f'one_loop_unroll_{u}']['loop_iterations'] for u in (2, 4, 8)] == [16 + 8, 8 + 4, 4]
+  assert records['loop_per_direction']['loop_iterations'] == 2 * (2 * 16 + 2 * 8)
+  assert records['loop_per_direction']['ops'] > records['one_loop_unroll_1']['ops']
+  assert all(r['step_s'] > 0 for r in records.values())
+
+
 def test_search_figures():
   record, _ = _bench('--what=search', '--index_size=300', '--candidates=50')
   assert (record['index_size'], record['candidates'], record['queries']) == (300, 50, 1)
